@@ -1,0 +1,3 @@
+"""dcclip: compress multilingual CLIP models for edge devices (distill, align, export, serve)."""
+
+__version__ = "0.1.0"

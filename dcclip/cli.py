@@ -1,0 +1,204 @@
+"""The ``dcclip`` command: parse arguments, build a config, call one library function. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from dcclip import __version__
+
+log = logging.getLogger("dcclip")
+
+# Exceptions that mean "the user's input is wrong": printed as one line, no traceback.
+USAGE_EXIT = 2
+INPUT_EXIT = 1
+
+
+def _cmd_world(args: argparse.Namespace) -> int:
+    from dcclip.data.world import generate_world
+
+    summary = generate_world(
+        Path(args.out),
+        train_samples=args.train_samples,
+        seed=args.seed,
+        eval_samples=args.eval_samples,
+        image_size=args.image_size,
+        shard_size=args.shard_size,
+        progress=True,
+    )
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _cmd_shards_build(args: argparse.Namespace) -> int:
+    from dcclip.data.shard_tools import build_shards
+
+    manifest = build_shards(
+        args.source_kind,
+        Path(args.src),
+        Path(args.out),
+        max_count=args.max_count,
+        max_size_mb=args.max_size,
+        max_side=args.max_side,
+        source_lang=args.source_lang,
+        langs=_split_list(args.langs),
+        image_column=args.image_column,
+    )
+    skipped = len(manifest["skipped"])
+    print(f"{manifest['samples']} samples in {len(manifest['shards'])} shards -> {args.out}; skipped {skipped}")
+    for item in manifest["skipped"][:20]:
+        print(f"  skipped {item['key']} ({item['source']}): {item['reason']}")
+    if skipped > 20:
+        print(f"  ... {skipped - 20} more in {Path(args.out) / 'manifest.json'}")
+    return 0
+
+
+def _cmd_shards_validate(args: argparse.Namespace) -> int:
+    from dcclip.data.shard_tools import validate_shards
+
+    report = validate_shards(args.dir)
+    print(report.format_table())
+    return 0 if report.ok else INPUT_EXIT
+
+
+def _cmd_shards_inspect(args: argparse.Namespace) -> int:
+    from dcclip.data.shard_tools import format_inspect, inspect_shards
+
+    stats = inspect_shards(args.dir, contact_sheet=Path(args.contact_sheet) if args.contact_sheet else None, n=args.n)
+    print(json.dumps(stats, indent=2, ensure_ascii=False) if args.json else format_inspect(stats))
+    return 0
+
+
+def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from dcclip.data.shards import iter_captions
+    from dcclip.models.tokenizers import train_tokenizer
+
+    path = train_tokenizer(
+        iter_captions(args.shards, _split_list(args.langs)), args.vocab_size, Path(args.out), args.algorithm
+    )
+    print(f"tokenizer written to {path}")
+    return 0
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    from dcclip.models.registry import list_models
+
+    for name in list_models(args.kind):
+        print(name)
+    return 0
+
+
+def _split_list(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _add_world(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("world", help="generate the multilingual toy world (training shards + eval sets)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--train-samples", type=int, default=10000)
+    p.add_argument("--eval-samples", type=int, default=500, help="images per classification eval set")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=128, help="side of the stored images in pixels")
+    p.add_argument("--shard-size", type=int, default=1000, help="samples per training shard")
+    p.set_defaults(func=_cmd_world)
+
+
+def _add_shards(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("shards", help="build, validate and inspect WebDataset shards")
+    shards = p.add_subparsers(dest="shards_command", required=True, metavar="{build,validate,inspect}")
+
+    b = shards.add_parser("build", help="images + multilingual captions -> WebDataset shards + manifest.json")
+    b.add_argument("--from", dest="source_kind", required=True, choices=["folder", "csv", "jsonl"])
+    b.add_argument("src", help="source folder, CSV file or JSONL file")
+    b.add_argument("--out", required=True, help="output shard directory")
+    b.add_argument("--max-count", type=int, default=1000, help="samples per shard")
+    b.add_argument("--max-size", type=float, default=256.0, help="MB per shard")
+    b.add_argument("--max-side", type=int, default=None, help="downscale images whose longer side exceeds this")
+    b.add_argument("--source-lang", default="en", help="language of the source caption (default en)")
+    b.add_argument("--langs", default=None, help="comma-separated caption columns/fields (default: detect)")
+    b.add_argument("--image-column", default="image", help="CSV column / JSONL field holding the image path")
+    b.set_defaults(func=_cmd_shards_build)
+
+    v = shards.add_parser("validate", help="decode every image and parse every caption; non-zero exit if any is bad")
+    v.add_argument("dir", help="shard directory (or tar / brace pattern)")
+    v.set_defaults(func=_cmd_shards_validate)
+
+    i = shards.add_parser("inspect", help="counts per language, sizes, caption lengths; optional contact sheet")
+    i.add_argument("dir", help="shard directory (or tar / brace pattern)")
+    i.add_argument("--contact-sheet", default=None, help="write a PNG grid of samples with captions here")
+    i.add_argument("-n", type=int, default=16, help="samples on the contact sheet")
+    i.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    i.set_defaults(func=_cmd_shards_inspect)
+
+
+def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tokenizer", help="multilingual tokenizers")
+    tok = p.add_subparsers(dest="tokenizer_command", required=True, metavar="{train}")
+    t = tok.add_parser("train", help="train a multilingual tokenizer on the captions of shards")
+    t.add_argument("--shards", required=True, help="shard directory (or tar / brace pattern)")
+    t.add_argument("--vocab-size", type=int, required=True)
+    t.add_argument("--out", required=True, help="output directory for tokenizer.json")
+    t.add_argument("--algorithm", choices=["unigram", "bpe"], default="unigram")
+    t.add_argument("--langs", default=None, help="comma-separated languages to train on (default: all)")
+    t.set_defaults(func=_cmd_tokenizer_train)
+
+
+def _add_models(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="model architectures shipped as JSON configs")
+    models = p.add_subparsers(dest="models_command", required=True, metavar="{list}")
+    m = models.add_parser("list", help="list registered student and teacher architectures")
+    m.add_argument("--kind", choices=["student", "teacher"], default=None)
+    m.set_defaults(func=_cmd_models_list)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_world, _add_shards, _add_tokenizer, _add_models]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser; each command module adds its own subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="dcclip", description="Compress multilingual CLIP models for edge devices: distill, align, export, serve."
+    )
+    parser.add_argument("--version", action="version", version=f"dcclip {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def configure_environment() -> None:
+    """Offline by default: a missing hub file fails at once instead of after long retries."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dcclip`` console script and of ``python -m dcclip`` (torchrun)."""
+    configure_environment()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from dcclip.config import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"dcclip {args.command}: config error: {exc}", file=sys.stderr)
+        return USAGE_EXIT
+    except (FileNotFoundError, ValueError, ImportError) as exc:
+        if args.verbose:
+            raise
+        print(f"dcclip {args.command}: error: {exc}", file=sys.stderr)
+        return INPUT_EXIT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

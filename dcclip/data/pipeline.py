@@ -1,0 +1,389 @@
+"""The streaming reader: shards -> raw samples -> shuffle -> batches of pixels, tokens and (cached) teacher features.
+
+Built from WebDataset's pipeline stages plus small explicit callables. Ranks take disjoint shards (non-resampled) or
+independent resampled streams with a fixed epoch length, so every rank sees the same number of batches. Samples are
+shuffled and batched as raw bytes and only decoded afterwards: resuming skips finished batches without decoding them.
+A corrupt sample is dropped, counted and logged with its key; it never stops a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dcclip.config import DataConfig
+from dcclip.data.shards import ShardError, image_field, iter_tar_samples, parse_meta, read_manifest, shard_paths
+from dcclip.runtime.preprocess import ImageDecodeError, Preprocess, decode_image
+
+log = logging.getLogger(__name__)
+
+FEATURE_FIELDS = ("img_emb.npy", "img_fmap.npy", "txt_emb.npy")
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """Everything a worker needs to reproduce its part of one epoch: shards, rank, seed, epoch, batches to skip."""
+
+    urls: tuple[str, ...]
+    feature_urls: tuple[str, ...] | None
+    rank: int
+    world_size: int
+    seed: int
+    epoch: int
+    resampled: bool
+    shuffle_buffer: int
+    batch_size: int
+    skip_batches: int = 0
+
+
+def worker_info() -> tuple[int, int]:
+    """(worker id, number of workers) of the current DataLoader worker, (0, 1) in the main process."""
+    import torch.utils.data
+
+    info = torch.utils.data.get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def worker_skip(skip_batches: int, worker: int, num_workers: int) -> int:
+    """Batches worker ``worker`` produced among the first ``skip_batches`` (DataLoader hands them out round-robin)."""
+    return max(0, (skip_batches - worker + num_workers - 1) // num_workers)
+
+
+def logical_worker(skip_batches: int) -> tuple[int, int]:
+    """(logical worker id, number of workers) for this process.
+
+    A fresh DataLoader asks worker 0 first, but after ``skip_batches`` the next batch belongs to stream
+    ``skip_batches % num_workers``; rotating the ids keeps a resumed run on exactly the uninterrupted sequence.
+    """
+    worker, num_workers = worker_info()
+    return (worker + skip_batches) % num_workers, num_workers
+
+
+def shard_pairs(plan: StreamPlan, worker: int, num_workers: int) -> Iterator[tuple[str, str | None]]:
+    """This worker's (shard, feature shard) sequence: disjoint slices per rank and worker, or a resampled stream."""
+    indices = list(range(len(plan.urls)))
+    rng = np.random.default_rng([plan.seed, plan.epoch, plan.rank, worker, 0x5EED])
+    if plan.resampled:
+        while True:  # infinite; the loader takes a fixed number of batches per epoch
+            i = int(rng.integers(len(indices)))
+            yield plan.urls[i], plan.feature_urls[i] if plan.feature_urls else None
+    order = np.random.default_rng([plan.seed, plan.epoch]).permutation(indices).tolist()
+    mine = order[plan.rank :: plan.world_size][worker::num_workers]
+    for i in mine:
+        yield plan.urls[i], plan.feature_urls[i] if plan.feature_urls else None
+
+
+def merged_samples(pairs: Iterator[tuple[str, str | None]], stats: SkipStats) -> Iterator[dict[str, Any]]:
+    """Raw samples of each shard, joined key by key with the parallel feature shard when there is one."""
+    for url, feature_url in pairs:
+        try:
+            if feature_url is None:
+                yield from iter_tar_samples(url)
+                continue
+            features = iter_tar_samples(feature_url)
+            for sample in iter_tar_samples(url):
+                extra = next(features, None)
+                if extra is None or extra["__key__"] != sample["__key__"]:
+                    got = None if extra is None else extra["__key__"]
+                    expected = sample["__key__"]
+                    raise ShardError(f"feature shard {feature_url} is out of step: expected key {expected}, got {got}")
+                sample.update({k: v for k, v in extra.items() if not k.startswith("__")})
+                yield sample
+        except (OSError, EOFError, ShardError, ValueError) as exc:  # a broken tar loses its remaining samples only
+            stats.record(url, f"shard unreadable: {exc}")
+
+
+@dataclass
+class SkipStats:
+    """Samples dropped in this process since the last batch left it; reported with the next batch."""
+
+    count: int = 0
+    keys: list[str] = field(default_factory=list)
+
+    def record(self, key: str, reason: str) -> None:
+        self.count += 1
+        if len(self.keys) < 16:
+            self.keys.append(key)
+        log.warning("skipping sample %s: %s", key, reason)
+
+    def take(self) -> tuple[int, list[str]]:
+        out = (self.count, self.keys)
+        self.count, self.keys = 0, []
+        return out
+
+
+def language_weights(langs: Sequence[str], counts: dict[str, int], mode: str, temperature: float) -> np.ndarray:
+    """Sampling weight per language: equal (uniform) or frequency**temperature (temperature; <1 favours rare ones)."""
+    if mode != "temperature" or not counts:
+        return np.ones(len(langs))
+    freq = np.array([max(counts.get(lang, 0), 1) for lang in langs], dtype=np.float64)
+    return (freq / freq.sum()) ** temperature
+
+
+def choose_captions(
+    captions: dict[str, str], langs: Sequence[str], mode: str, weights: np.ndarray, rng: np.random.Generator
+) -> list[tuple[int, str]]:
+    """The (language id, text) pairs of one sample: every language in ``langs`` (all) or one drawn by weight."""
+    available = [i for i, lang in enumerate(langs) if lang in captions]
+    if not available:
+        return []
+    if mode == "all":
+        return [(i, captions[langs[i]]) for i in available]
+    w = weights[available] / weights[available].sum()
+    i = int(rng.choice(available, p=w))
+    return [(i, captions[langs[i]])]
+
+
+class BatchBuilder:
+    """Turn a list of raw samples into a training batch; drops (and counts) samples that do not decode."""
+
+    def __init__(
+        self,
+        preprocess: Preprocess,
+        tokenizer: Any,
+        langs: Sequence[str],
+        mode: str,
+        weights: np.ndarray,
+        max_text_len: int,
+        feature_fields: Sequence[str] = (),
+    ):
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.langs = list(langs)
+        self.mode = mode
+        self.weights = weights
+        self.max_text_len = max_text_len
+        self.feature_fields = tuple(feature_fields)
+
+    def decode(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """One raw sample -> pixels, chosen captions, source caption and features; raises on any defect."""
+        key = sample["__key__"]
+        meta = parse_meta(sample)
+        ext = image_field(sample)
+        if ext is None:
+            raise ShardError(f"sample {key}: no image field")
+        pixels = self.preprocess(decode_image(sample[ext]))
+        captions = choose_captions(meta["captions"], self.langs, self.mode, self.weights, rng)
+        if not captions:
+            raise ShardError(f"sample {key}: no caption in languages {','.join(self.langs)}")
+        source_lang = meta.get("source_lang") or next(iter(meta["captions"]))
+        decoded = {"key": key, "pixels": pixels, "captions": captions, "source": meta["captions"][source_lang]}
+        for name in self.feature_fields:
+            if name not in sample:
+                raise ShardError(f"sample {key}: cached feature {name} missing")
+            decoded[name.removesuffix(".npy")] = load_npy(sample[name], key, name)
+        return decoded
+
+    def __call__(self, raw: list[dict[str, Any]], rng: np.random.Generator, stats: SkipStats) -> dict[str, Any] | None:
+        good = []
+        for sample in raw:
+            try:
+                good.append(self.decode(sample, rng))
+            except (ShardError, ImageDecodeError, ValueError, KeyError) as exc:
+                stats.record(sample.get("__key__", "?"), str(exc))
+        if not good:
+            return None
+        return self.collate(good, stats)
+
+    def collate(self, good: list[dict[str, Any]], stats: SkipStats) -> dict[str, Any]:
+        import torch
+
+        texts, lang_ids, caption_image = [], [], []
+        for image_index, item in enumerate(good):
+            for lang_id, text in item["captions"]:
+                texts.append(text)
+                lang_ids.append(lang_id)
+                caption_image.append(image_index)
+        input_ids, attention_mask = self.tokenizer.encode(texts, self.max_text_len)
+        n_skipped, skipped_keys = stats.take()
+        batch = {
+            "pixels": torch.from_numpy(np.stack([item["pixels"] for item in good])),
+            "input_ids": torch.from_numpy(input_ids),
+            "attention_mask": torch.from_numpy(attention_mask),
+            "lang_ids": torch.tensor(lang_ids, dtype=torch.long),
+            "caption_image": torch.tensor(caption_image, dtype=torch.long),
+            "keys": [item["key"] for item in good],
+            "texts": texts,
+            "source_texts": [item["source"] for item in good],
+            "n_skipped": n_skipped,
+            "skipped_keys": skipped_keys,
+        }
+        for name in self.feature_fields:
+            short = name.removesuffix(".npy")
+            batch[short] = torch.from_numpy(np.stack([item[short] for item in good]).astype(np.float32))
+        return batch
+
+
+def load_npy(data: bytes, key: str, name: str) -> np.ndarray:
+    """Read a .npy field without pickle; errors name the sample and field."""
+    import io
+
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ShardError(f"sample {key}: field {name} is not a valid .npy array ({exc})") from exc
+
+
+class EpochStream:
+    """Iterable run inside each DataLoader worker: its shards -> shuffled raw batches -> decoded batches."""
+
+    def __init__(self, plan: StreamPlan, builder: BatchBuilder):
+        self.plan = plan
+        self.builder = builder
+
+    def raw_batches(self, stats: SkipStats) -> Iterator[list[dict[str, Any]]]:
+        import webdataset as wds
+
+        plan = self.plan
+        worker, num_workers = logical_worker(plan.skip_batches)
+        shuffle_seed = np.random.default_rng([plan.seed, plan.epoch, plan.rank, worker, 0x5F1E]).integers(2**62)
+        shuffle_rng = random.Random(int(shuffle_seed))
+        stages: list[Callable] = [lambda: merged_samples(shard_pairs(plan, worker, num_workers), stats)]
+        if plan.shuffle_buffer > 1:
+            stages.append(wds.shuffle(plan.shuffle_buffer, initial=min(100, plan.shuffle_buffer), rng=shuffle_rng))
+        stages.append(wds.batched(plan.batch_size, collation_fn=list, partial=not plan.resampled))
+        return iter(wds.DataPipeline(*stages))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        plan = self.plan
+        worker, num_workers = logical_worker(plan.skip_batches)
+        stats = SkipStats()
+        raw = self.raw_batches(stats)
+        for _ in range(worker_skip(plan.skip_batches, worker, num_workers)):
+            if next(raw, None) is None:
+                return
+        index = worker_skip(plan.skip_batches, worker, num_workers)
+        for raw_batch in raw:
+            rng = np.random.default_rng([plan.seed, plan.epoch, plan.rank, worker, index])
+            index += 1
+            batch = self.builder(raw_batch, rng, stats)
+            if batch is not None:
+                yield batch
+
+
+class _IterableAdapter:
+    """Wrap EpochStream as a torch IterableDataset without importing torch at module import time."""
+
+    def __new__(cls, stream: EpochStream):
+        import torch.utils.data
+
+        class _Dataset(torch.utils.data.IterableDataset):
+            def __iter__(self):
+                return iter(stream)
+
+        return _Dataset()
+
+
+class ShardLoader:
+    """Batches for one rank, epoch after epoch, with a resumable position (epoch, batches taken in that epoch)."""
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        preprocess: Preprocess,
+        tokenizer: Any,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        feature_fields: Sequence[str] = (),
+        feature_source: str | None = None,
+    ):
+        self.cfg = cfg
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.urls = tuple(shard_paths(cfg.train))
+        self.feature_urls = tuple(shard_paths(feature_source)) if feature_source else None
+        if self.feature_urls is not None and len(self.feature_urls) != len(self.urls):
+            raise ShardError(
+                f"{feature_source}: {len(self.feature_urls)} feature shards for {len(self.urls)} data shards"
+            )
+        if not cfg.resampled and len(self.urls) < world_size:
+            raise ShardError(f"{cfg.train}: {len(self.urls)} shards cannot be split over {world_size} ranks")
+        counts = _manifest_counts(cfg.train)
+        self.langs = list(cfg.langs) or sorted(counts["langs"]) or ["en"]
+        self.total_samples = counts["samples"]
+        weights = language_weights(self.langs, counts["langs"], cfg.caption_sampling, cfg.temperature)
+        self.builder = BatchBuilder(
+            preprocess, tokenizer, self.langs, cfg.caption_sampling, weights, cfg.max_text_len, feature_fields
+        )
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.skipped_samples = 0
+
+    @property
+    def batches_per_epoch(self) -> int | None:
+        """Fixed batches per rank per epoch in resampled mode (equal on every rank); None when it is data-dependent."""
+        if not self.cfg.resampled:
+            return None
+        samples = self.cfg.epoch_samples or self.total_samples
+        if not samples:
+            raise ShardError(f"{self.cfg.train}: set data.epoch_samples (no manifest gives the sample count)")
+        return max(1, math.ceil(samples / (self.world_size * self.cfg.batch_size)))
+
+    def _plan(self) -> StreamPlan:
+        return StreamPlan(
+            urls=self.urls,
+            feature_urls=self.feature_urls,
+            rank=self.rank,
+            world_size=self.world_size,
+            seed=self.seed,
+            epoch=self.epoch,
+            resampled=self.cfg.resampled,
+            shuffle_buffer=self.cfg.shuffle_buffer,
+            batch_size=self.cfg.batch_size,
+            skip_batches=self.batch_in_epoch,
+        )
+
+    def _data_loader(self, stream: EpochStream) -> Any:
+        import torch.utils.data
+
+        workers = self.cfg.workers
+        return torch.utils.data.DataLoader(
+            _IterableAdapter(stream),
+            batch_size=None,
+            num_workers=workers,
+            persistent_workers=False,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """One epoch from the current position; the position advances as batches are taken."""
+        limit = self.batches_per_epoch
+        batches = iter(self._data_loader(EpochStream(self._plan(), self.builder)))
+        while limit is None or self.batch_in_epoch < limit:
+            batch = next(batches, None)
+            if batch is None:
+                break
+            self.batch_in_epoch += 1
+            self.skipped_samples += batch["n_skipped"]
+            yield batch
+        self.epoch += 1
+        self.batch_in_epoch = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "skipped_samples": self.skipped_samples}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch = int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self.skipped_samples = int(state.get("skipped_samples", 0))
+
+
+def _manifest_counts(source: str) -> dict[str, Any]:
+    """Sample and per-language counts from the manifest(s) of a source; empty when there is none."""
+    from pathlib import Path
+
+    samples, langs = 0, {}
+    for part in str(source).split("::"):
+        if not (Path(part) / "manifest.json").is_file():
+            continue
+        manifest = read_manifest(Path(part))
+        samples += manifest["samples"]
+        for lang, n in manifest["langs"].items():
+            langs[lang] = langs.get(lang, 0) + n
+    return {"samples": samples, "langs": langs}

@@ -1,0 +1,361 @@
+"""WebDataset shards of images and multilingual captions: writing, reading back, the shard-set manifest.
+
+A shard set is a directory of ``PREFIX-000000.tar`` files plus ``manifest.json``. Each sample is ``KEY.<jpg|png|webp>``
+and ``KEY.json`` with ``{"captions": {lang: text}, "source_lang": "en", ...}``; optional extra fields (teacher
+features, ``cls``) sit beside them under the same key.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tarfile
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "dcclip-shards"
+MANIFEST_VERSION = 1
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
+_BLOCK = tarfile.BLOCKSIZE
+_RECORD = tarfile.RECORDSIZE
+_NAME_FIELD = 100  # longer member names need an extra GNU long-name header
+
+
+class ShardError(ValueError):
+    """A shard set or one of its samples cannot be used; the message names the file and the key."""
+
+
+def safe_key(name: str) -> str:
+    """Turn a file stem into a WebDataset key: no dots (they separate key and field) and no path characters."""
+    key = _KEY_UNSAFE.sub("_", name)
+    if not key:
+        raise ShardError(f"empty sample key derived from {name!r}")
+    return key
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON to a temporary name and rename it, so readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    text = json.dumps(payload, ensure_ascii=False, indent=2)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _padded(size: int) -> int:
+    """Bytes a payload of ``size`` takes in a tar: rounded up to whole 512-byte blocks."""
+    return -(-size // _BLOCK) * _BLOCK
+
+
+def tar_member_bytes(name: str, size: int) -> int:
+    """Bytes one member takes in a GNU tar: header, padded data, and a long-name header for names over 100 bytes."""
+    name_len = len(name.encode("utf-8"))
+    long_name = _BLOCK + _padded(name_len + 1) if name_len > _NAME_FIELD else 0
+    return long_name + _BLOCK + _padded(size)
+
+
+def tar_file_bytes(member_bytes: int) -> int:
+    """Size of a finished tar holding ``member_bytes`` of members: end-of-archive blocks, padded to a 10 KiB record."""
+    return -(-(member_bytes + 2 * _BLOCK) // _RECORD) * _RECORD
+
+
+@dataclass
+class ShardInfo:
+    """What one finished shard holds."""
+
+    name: str
+    samples: int = 0
+    bytes: int = 0  # tar bytes written so far; the file size once the shard is finished
+    langs: Counter = field(default_factory=Counter)
+
+    def to_dict(self) -> dict[str, Any]:
+        langs = dict(sorted(self.langs.items()))
+        return {"name": self.name, "samples": self.samples, "bytes": self.bytes, "langs": langs}
+
+
+class ShardSetWriter:
+    """Write samples into size- and count-limited tar shards; a shard only gets its final name once complete.
+
+    ``add`` takes the image bytes as they should be stored (already re-encoded if needed) and the JSON metadata;
+    ``skip`` records a sample that could not be used. ``close`` writes ``manifest.json``. ``max_size_mb`` bounds the
+    tar file itself (headers and padding included); a single sample bigger than that gets a shard of its own.
+    """
+
+    def __init__(self, out_dir: Path, max_count: int = 1000, max_size_mb: float = 256.0, prefix: str = "shard"):
+        if max_count < 1:
+            raise ValueError(f"max_count must be >= 1, got {max_count}")
+        if max_size_mb <= 0:
+            raise ValueError(f"max_size_mb must be > 0, got {max_size_mb}")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.max_count = max_count
+        self.max_bytes = int(max_size_mb * 1024 * 1024)
+        self.prefix = prefix
+        self.shards: list[ShardInfo] = []
+        self.skipped: list[dict[str, str]] = []
+        self._keys: set[str] = set()
+        self._tar: tarfile.TarFile | None = None
+        self._current: ShardInfo | None = None
+        self._tmp_path: Path | None = None
+        self._manifest: dict[str, Any] | None = None
+
+    def __enter__(self) -> ShardSetWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._abort()
+
+    def has_key(self, key: str) -> bool:
+        """Whether a sample with this key was already added (keys must be unique across the shard set)."""
+        return key in self._keys
+
+    def skip(self, key: str, source: str, reason: str) -> None:
+        """Record a sample left out of the shards, with the reason a person can act on."""
+        self.skipped.append({"key": key, "source": source, "reason": reason})
+
+    def add(self, key: str, fields: dict[str, bytes], meta: dict[str, Any] | None = None) -> None:
+        """Append one sample: ``fields`` maps extension (``jpg``, ``img_emb.npy``) to bytes; ``meta`` becomes .json."""
+        if self._manifest is not None:
+            raise ShardError(f"cannot add sample {key!r}: the shard set in {self.out_dir} is already closed")
+        if key in self._keys:
+            raise ShardError(f"duplicate sample key {key!r}")
+        if not key or "." in key or "/" in key:
+            raise ShardError(f"sample key {key!r} must be non-empty and contain no '.' or '/'")
+        payload = dict(fields)
+        if meta is not None:
+            payload["json"] = json.dumps(meta, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        _check_fields(key, payload)
+        size = sum(tar_member_bytes(f"{key}.{ext}", len(data)) for ext, data in payload.items())
+        self._roll_if_full(size)
+        assert self._tar is not None and self._current is not None
+        for ext, data in sorted(payload.items()):
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size = len(data)
+            info.mtime = 0  # reproducible bytes: same input gives the same shard
+            info.mode = 0o644
+            self._tar.addfile(info, io.BytesIO(data))
+        self._keys.add(key)
+        self._current.samples += 1
+        self._current.bytes += size
+        if meta is not None:
+            self._current.langs.update(meta.get("captions", {}).keys())
+
+    def _roll_if_full(self, incoming: int) -> None:
+        current = self._current
+        if current is not None and (
+            current.samples >= self.max_count
+            or (current.samples > 0 and tar_file_bytes(current.bytes + incoming) > self.max_bytes)
+        ):
+            self._finish_shard()
+        if self._current is None:
+            self._open_shard()
+
+    def _open_shard(self) -> None:
+        name = f"{self.prefix}-{len(self.shards):06d}.tar"
+        self._tmp_path = self.out_dir / f".{name}.partial"
+        self._tar = tarfile.open(self._tmp_path, "w", format=tarfile.GNU_FORMAT)  # noqa: SIM115 (closed in _finish_shard)
+        self._current = ShardInfo(name)
+
+    def _finish_shard(self) -> None:
+        assert self._tar is not None and self._current is not None and self._tmp_path is not None
+        self._tar.close()
+        final = self.out_dir / self._current.name
+        os.replace(self._tmp_path, final)
+        self._current.bytes = final.stat().st_size
+        self.shards.append(self._current)
+        self._tar, self._current, self._tmp_path = None, None, None
+
+    def _abort(self) -> None:
+        if self._tar is not None:
+            self._tar.close()
+        if self._tmp_path is not None and self._tmp_path.exists():
+            self._tmp_path.unlink()
+        self._tar, self._current, self._tmp_path = None, None, None
+
+    def close(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Finish the open shard and write the manifest; returns the manifest dict.
+
+        Closing twice (``close(extra=...)`` inside a ``with`` block) returns the first manifest unchanged.
+        """
+        if self._manifest is not None:
+            return self._manifest
+        if self._current is not None and self._current.samples > 0:
+            self._finish_shard()
+        else:
+            self._abort()
+        manifest = build_manifest(self.shards, self.skipped, extra)
+        write_json_atomic(self.out_dir / MANIFEST_NAME, manifest)
+        self._manifest = manifest
+        return manifest
+
+
+def _check_fields(key: str, payload: dict[str, Any]) -> None:
+    """Reject a sample before any byte of it is written, so a bad field never leaves half a sample in the tar."""
+    for ext, data in payload.items():
+        if not isinstance(ext, str) or not ext or "/" in ext or ext.startswith("."):
+            raise ShardError(f"sample {key}: bad field name {ext!r}")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ShardError(f"sample {key}: field {ext!r} must be bytes, got {type(data).__name__}")
+
+
+def build_manifest(shards: list[ShardInfo], skipped: list[dict[str, str]], extra: dict[str, Any] | None) -> dict:
+    """The manifest: shard list with per-shard counts, totals per language, bytes, and every skipped sample."""
+    langs: Counter = Counter()
+    for shard in shards:
+        langs.update(shard.langs)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "samples": sum(s.samples for s in shards),
+        "bytes": sum(s.bytes for s in shards),
+        "langs": dict(sorted(langs.items())),
+        "shards": [s.to_dict() for s in shards],
+        "skipped": skipped,
+    }
+    if extra:
+        manifest.update(extra)
+    return manifest
+
+
+def read_manifest(shard_dir: Path) -> dict[str, Any]:
+    """Load ``manifest.json`` of a shard set, with an error naming the file when it is missing or malformed."""
+    path = Path(shard_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise ShardError(f"{path}: no manifest.json (build shards with `dcclip shards build`)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ShardError(f"{path}: not valid JSON ({exc})") from exc
+    if manifest.get("format") != MANIFEST_FORMAT or "shards" not in manifest:
+        raise ShardError(f"{path}: not a dcclip shard manifest")
+    return manifest
+
+
+def shard_paths(source: str | Path) -> list[str]:
+    """Resolve a shard source to a list of tar paths/URLs.
+
+    Accepts a shard-set directory (its manifest, or every ``*.tar`` when there is none), a single ``.tar`` file, or a
+    brace-expanded URL pattern such as ``data/shard-{000000..000009}.tar``. Several sources may be joined with ``::``.
+    """
+    import braceexpand
+
+    paths: list[str] = []
+    for part in str(source).split("::"):
+        p = Path(part)
+        if p.is_dir():
+            if (p / MANIFEST_NAME).is_file():
+                paths.extend(str(p / s["name"]) for s in read_manifest(p)["shards"])
+            else:
+                paths.extend(str(t) for t in sorted(p.glob("*.tar")))
+        else:
+            paths.extend(braceexpand.braceexpand(part))
+    if not paths:
+        raise ShardError(f"{source}: no shards found")
+    return paths
+
+
+def split_field_name(member_name: str) -> tuple[str, str]:
+    """Split ``dir/KEY.ext.more`` into (KEY, ``ext.more``) the way WebDataset groups files into samples."""
+    base = member_name.rsplit("/", 1)[-1]
+    if "." not in base:
+        return base, ""
+    key, ext = base.split(".", 1)
+    return key, ext
+
+
+def iter_tar_samples(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Yield raw samples of one tar shard as ``{"__key__", "__url__", ext: bytes}``, grouping consecutive members.
+
+    A truncated or corrupt tar raises ShardError naming the file and the last member read whole, instead of ending
+    early without a word (Python's tarfile stops silently at a cut-off header). The sample in progress is dropped.
+    """
+    current: dict[str, Any] | None = None
+    last_member = None
+    try:
+        with tarfile.open(path, "r") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, ext = split_field_name(member.name)
+                if current is not None and current["__key__"] != key:
+                    yield current
+                    current = None
+                if current is None:
+                    current = {"__key__": key, "__url__": str(path)}
+                handle = tar.extractfile(member)
+                current[ext] = handle.read() if handle is not None else b""
+                last_member = member.name
+            _check_archive_end(tar, path)
+    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        after = f" after member {last_member!r}" if last_member is not None else ""
+        raise ShardError(f"{path}: tar is truncated or corrupt{after} ({exc})") from exc
+    if current is not None:
+        yield current
+
+
+def _check_archive_end(tar: tarfile.TarFile, path: str | Path) -> None:
+    """Raise when the members are not followed by a zero end-of-archive block: the file was cut off or damaged."""
+    assert tar.fileobj is not None
+    tar.fileobj.seek(tar.offset)
+    block = tar.fileobj.read(_BLOCK)
+    if len(block) < _BLOCK or block.count(0) != _BLOCK:
+        raise tarfile.ReadError(f"no end-of-archive marker at byte {tar.offset}")
+
+
+def iter_samples(source: str | Path) -> Iterator[dict[str, Any]]:
+    """Yield every raw sample of a shard source, shard by shard, in order."""
+    for path in shard_paths(source):
+        yield from iter_tar_samples(path)
+
+
+def image_field(sample: dict[str, Any]) -> str | None:
+    """Name of the image field of a raw sample, or None when it has none."""
+    return next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
+
+
+def parse_meta(sample: dict[str, Any]) -> dict[str, Any]:
+    """Parse and check a sample's ``json`` field; raises ShardError naming the key and the problem."""
+    key = sample.get("__key__", "?")
+    raw = sample.get("json")
+    if raw is None:
+        raise ShardError(f"sample {key}: no .json field")
+    try:
+        meta = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except UnicodeDecodeError as exc:
+        raise ShardError(f"sample {key}: .json is not UTF-8 ({exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise ShardError(f"sample {key}: .json is not valid JSON ({exc})") from exc
+    captions = meta.get("captions") if isinstance(meta, dict) else None
+    if not isinstance(captions, dict) or not captions:
+        raise ShardError(f"sample {key}: .json has no 'captions' object")
+    for lang, text in captions.items():
+        if not isinstance(text, str) or not text.strip():
+            raise ShardError(f"sample {key}: caption for language {lang!r} is empty or not a string")
+    source_lang = meta.get("source_lang")
+    if source_lang is not None and source_lang not in captions:
+        raise ShardError(f"sample {key}: source_lang {source_lang!r} has no caption")
+    return meta
+
+
+def iter_captions(source: str | Path, langs: Iterable[str] | None = None) -> Iterator[str]:
+    """Yield every caption text of a shard source (optionally only some languages), e.g. to train a tokenizer."""
+    wanted = set(langs) if langs is not None else None
+    for sample in iter_samples(source):
+        captions = json.loads(sample["json"]).get("captions", {}) if "json" in sample else {}
+        for lang, text in captions.items():
+            if wanted is None or lang in wanted:
+                yield text

@@ -1,0 +1,1 @@
+"""Teachers, students and tokenizers. Submodules are imported explicitly so the runtime stays torch-free."""

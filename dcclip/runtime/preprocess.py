@@ -1,0 +1,118 @@
+"""Image preprocessing in numpy + PIL, shared by training, feature caching and the exported runtime.
+
+One implementation everywhere means a bundle sees exactly the pixels the student was trained on. The arithmetic
+mirrors torchvision's ``Resize`` (short side) -> ``CenterCrop`` -> ``ToTensor`` -> ``Normalize`` on PIL images, so
+teachers preprocessed by open_clip / torchvision get the same input too.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+class ImageDecodeError(ValueError):
+    """Bytes that are not a decodable image (corrupt, truncated, unsupported)."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize, centre-crop and normalise an image to the model's input; torch-free."""
+
+    image_size: int = 224
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    resize_mode: str = "shortest"
+    interpolation: str = "bicubic"
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Preprocess:
+        """Build from a PreprocessConfig, a manifest dict, or anything with the same fields."""
+        get = cfg.get if isinstance(cfg, Mapping) else lambda k, d=None: getattr(cfg, k, d)
+        return cls(
+            image_size=int(get("image_size", 224)),
+            mean=tuple(float(v) for v in get("mean", cls.mean)),
+            std=tuple(float(v) for v in get("std", cls.std)),
+            resize_mode=str(get("resize_mode", "shortest")),
+            interpolation=str(get("interpolation", "bicubic")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image_size": self.image_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "resize_mode": self.resize_mode,
+            "interpolation": self.interpolation,
+        }
+
+    def resize(self, image: Image.Image) -> Image.Image:
+        """Geometric part: resize (short side or squash) and centre crop to image_size x image_size."""
+        size = self.image_size
+        resample = _RESAMPLE[self.interpolation]
+        if self.resize_mode == "squash":
+            return image.resize((size, size), resample)
+        width, height = image.size
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = size, int(size * long / short)
+        new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+        if (new_w, new_h) != (width, height):
+            image = image.resize((new_w, new_h), resample)
+        return center_crop(image, size)
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """PIL image (any mode) -> float32 array [3, H, W], normalised."""
+        image = self.resize(to_rgb(image))
+        array = np.asarray(image, dtype=np.uint8).astype(np.float32) / np.float32(255.0)
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        return ((array - mean) / std).transpose(2, 0, 1).copy()
+
+    def batch(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Stack preprocessed images into [N, 3, H, W] float32."""
+        return np.stack([self(img) for img in images]) if images else np.zeros((0, 3, self.image_size, self.image_size))
+
+
+def center_crop(image: Image.Image, size: int) -> Image.Image:
+    """Centre crop with torchvision's rounding (pads with black when the image is smaller)."""
+    width, height = image.size
+    if width < size or height < size:
+        canvas = Image.new(image.mode, (max(width, size), max(height, size)))
+        canvas.paste(image, ((canvas.width - width) // 2, (canvas.height - height) // 2))
+        image, (width, height) = canvas, canvas.size
+    top = round((height - size) / 2.0)
+    left = round((width - size) / 2.0)
+    return image.crop((left, top, left + size, top + size))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode (L, P, RGBA, CMYK, I;16...) to RGB, the way CLIP pipelines do it."""
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """Decode image bytes fully, applying the EXIF orientation; raises ImageDecodeError on anything unusable.
+
+    ``max_pixels`` refuses decompression bombs from the header alone, before any pixel is decoded.
+    """
+    if not data:
+        raise ImageDecodeError("empty image data")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                size = f"{image.width}x{image.height}"
+                raise ImageDecodeError(f"image of {size} pixels exceeds the limit of {max_pixels}")
+            image.load()
+            rotated = ImageOps.exif_transpose(image)
+            return rotated if rotated is not None and rotated is not image else image.copy()
+    except ImageDecodeError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(f"cannot decode image: {exc}") from exc

@@ -1,0 +1,63 @@
+"""Shared fixtures: offline environment, small generated shard sets and tokenizers."""
+
+from __future__ import annotations
+
+import io
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+CAPTIONS = {
+    "en": "a red circle",
+    "zh": "一个红色的圆形",
+    "fr": "un cercle rouge",
+    "ar": "دائرة حمراء",
+    "hi": "एक लाल वृत्त",
+}
+
+
+def jpeg_bytes(seed: int, size: int = 48) -> bytes:
+    """A small random JPEG, different for every seed."""
+    rng = np.random.default_rng(seed)
+    array = rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def write_shard_set(out: Path, n: int, per_shard: int, langs_of=None, extra_fields=None) -> Path:
+    """Write ``n`` samples into shards of ``per_shard`` with captions in a few languages."""
+    from dcclip.data.shards import ShardSetWriter
+
+    with ShardSetWriter(out, max_count=per_shard) as writer:
+        for i in range(n):
+            langs = langs_of(i) if langs_of else list(CAPTIONS)
+            captions = {lang: f"{CAPTIONS[lang]} {i}" for lang in langs}
+            fields = {"jpg": jpeg_bytes(i)}
+            if extra_fields:
+                fields.update(extra_fields(i))
+            writer.add(f"s{i:05d}", fields, {"captions": captions, "source_lang": "en"})
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_shards(tmp_path_factory) -> Path:
+    """40 samples in 8 shards of 5, every sample with captions in five scripts."""
+    return write_shard_set(tmp_path_factory.mktemp("shards"), n=40, per_shard=5)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory):
+    """A small multilingual tokenizer trained on the fixture captions (byte fallback covers the rest)."""
+    from dcclip.models.tokenizers import TextTokenizer, train_tokenizer
+
+    texts = [f"{text} {i}" for i in range(50) for text in CAPTIONS.values()]
+    path = train_tokenizer(texts, 300, tmp_path_factory.mktemp("tok"))
+    return TextTokenizer.from_path(path)
