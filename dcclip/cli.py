@@ -93,6 +93,46 @@ def _cmd_models_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_config(args: argparse.Namespace, extra: list[str] | None = None):
+    from dcclip.config import load_config
+
+    return load_config(args.config, [*(extra or []), *args.overrides])
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from dcclip.stages.distill import run
+
+    summary = run(_run_config(args, ["stage=distill"]))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_align(args: argparse.Namespace) -> int:
+    from dcclip.stages.align import run
+
+    extra = ["stage=align"] + ([f"train.init={args.init}"] if args.init else [])
+    summary = run(_run_config(args, extra))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_cache_teacher(args: argparse.Namespace) -> int:
+    from dcclip.stages.cache_teacher import run
+
+    extra = [f"teacher.spec={args.teacher}"] if args.teacher else []
+    summary = run(_run_config(args, extra), args.out)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_teacher_train_demo(args: argparse.Namespace) -> int:
+    from dcclip.models.demo_teacher import train_demo_teacher
+
+    summary = train_demo_teacher(Path(args.world), Path(args.out), steps=args.steps, seed=args.seed)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _split_list(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
@@ -156,7 +196,47 @@ def _add_models(sub: argparse._SubParsersAction) -> None:
     m.set_defaults(func=_cmd_models_list)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_world, _add_shards, _add_tokenizer, _add_models]
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="YAML run config (a path, or the name of a shipped config)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. optim.lr=3e-4")
+
+
+def _add_stages(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser("distill", help="stage 1: distil a small multilingual student from the teacher")
+    _add_run_arguments(d)
+    d.set_defaults(func=_cmd_distill)
+
+    a = sub.add_parser("align", help="stage 2: contrastive alignment of a stage-1 student over all languages")
+    a.add_argument("--init", default=None, help="stage-1 checkpoint (or run directory) to start from")
+    _add_run_arguments(a)
+    a.set_defaults(func=_cmd_align)
+
+    c = sub.add_parser("cache-teacher", help="run the teacher once over shards and store its features")
+    c.add_argument("--out", required=True, help="output directory for the feature shards + teacher.json")
+    c.add_argument("--teacher", default=None, help="teacher spec (overrides teacher.spec)")
+    _add_run_arguments(c)
+    c.set_defaults(func=_cmd_cache_teacher)
+
+
+def _add_teacher(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("teacher", help="teacher utilities")
+    teacher = p.add_subparsers(dest="teacher_command", required=True, metavar="{train-demo}")
+    t = teacher.add_parser("train-demo", help="train the English-only demo teacher on the toy world")
+    t.add_argument("--world", required=True, help="toy world directory (from `dcclip world`)")
+    t.add_argument("--out", required=True, help="output directory (an open_clip local-dir checkpoint)")
+    t.add_argument("--steps", type=int, default=600)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_cmd_teacher_train_demo)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_world,
+    _add_shards,
+    _add_tokenizer,
+    _add_models,
+    _add_teacher,
+    _add_stages,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,6 +252,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that describe bad input (a path, a spec, a checkpoint), printed without a traceback."""
+    errors: list[type[BaseException]] = [FileNotFoundError, ValueError, ImportError]
+    known = {"dcclip.engine.checkpoint": "CheckpointError", "dcclip.models.teachers": "TeacherLoadError"}
+    for module, name in known.items():
+        loaded = sys.modules.get(module)  # a module never imported cannot have raised its error
+        if loaded is not None:
+            errors.append(getattr(loaded, name))
+    return tuple(errors)
+
+
 def configure_environment() -> None:
     """Offline by default: a missing hub file fails at once instead of after long retries."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -183,9 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_environment()
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # Our own messages at INFO; third-party libraries (open_clip logs every model build at INFO) only from WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("dcclip").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     from dcclip.config import ConfigError
 
     try:
@@ -193,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"dcclip {args.command}: config error: {exc}", file=sys.stderr)
         return USAGE_EXIT
-    except (FileNotFoundError, ValueError, ImportError) as exc:
+    except user_errors() as exc:
         if args.verbose:
             raise
         print(f"dcclip {args.command}: error: {exc}", file=sys.stderr)

@@ -8,11 +8,11 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import pytest
+from PIL import Image
 
 CAPTIONS = {
     "en": "a red circle",
@@ -61,3 +61,37 @@ def tokenizer(tmp_path_factory):
     texts = [f"{text} {i}" for i in range(50) for text in CAPTIONS.values()]
     path = train_tokenizer(texts, 300, tmp_path_factory.mktemp("tok"))
     return TextTokenizer.from_path(path)
+
+
+@pytest.fixture(scope="session")
+def toy_world(tmp_path_factory) -> Path:
+    """A small toy world (training shards + eval sets) shared by the training and evaluation tests."""
+    from dcclip.data.world import generate_world
+
+    root = tmp_path_factory.mktemp("world")
+    generate_world(root, train_samples=160, seed=1, eval_samples=90, image_size=64, shard_size=40)
+    return root
+
+
+@pytest.fixture(scope="session")
+def world_tokenizer_path(toy_world, tmp_path_factory) -> Path:
+    """A tokenizer trained on the toy world's captions (all ten languages)."""
+    from dcclip.data.shards import iter_captions
+    from dcclip.models.tokenizers import train_tokenizer
+
+    return train_tokenizer(iter_captions(toy_world / "train"), 1200, tmp_path_factory.mktemp("world_tok"))
+
+
+@pytest.fixture(scope="session")
+def saved_teacher_spec(tmp_path_factory) -> str:
+    """A tiny open_clip ViT teacher with fixed random weights, saved like a user's checkpoint."""
+    import open_clip
+    import torch
+
+    from dcclip.models.registry import get_model_config
+
+    torch.manual_seed(0)
+    model = open_clip.model.CLIP(**get_model_config("test-vit", "teacher"))
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    torch.save(model.state_dict(), path)
+    return f"openclip:{path}#test-vit"

@@ -61,7 +61,7 @@ def test_wrong_types_and_values_name_the_key(override, pattern):
 
 
 def test_override_must_have_equals():
-    with pytest.raises(ConfigError, match="key.path=value"):
+    with pytest.raises(ConfigError, match=r"key\.path=value"):
         load_config(None, ["optim.lr"])
 
 

@@ -87,13 +87,13 @@ def merged_samples(pairs: Iterator[tuple[str, str | None]], stats: SkipStats) ->
                 yield from iter_tar_samples(url)
                 continue
             features = iter_tar_samples(feature_url)
+            pending = next(features, None)
             for sample in iter_tar_samples(url):
-                extra = next(features, None)
-                if extra is None or extra["__key__"] != sample["__key__"]:
-                    got = None if extra is None else extra["__key__"]
-                    expected = sample["__key__"]
-                    raise ShardError(f"feature shard {feature_url} is out of step: expected key {expected}, got {got}")
-                sample.update({k: v for k, v in extra.items() if not k.startswith("__")})
+                # Feature shards hold the same keys in the same order, minus samples that failed when cached;
+                # such a sample goes on without features and the batch builder drops and counts it.
+                if pending is not None and pending["__key__"] == sample["__key__"]:
+                    sample.update({k: v for k, v in pending.items() if not k.startswith("__")})
+                    pending = next(features, None)
                 yield sample
         except (OSError, EOFError, ShardError, ValueError) as exc:  # a broken tar loses its remaining samples only
             stats.record(url, f"shard unreadable: {exc}")
@@ -152,8 +152,10 @@ class BatchBuilder:
         weights: np.ndarray,
         max_text_len: int,
         feature_fields: Sequence[str] = (),
+        teacher_preprocess: Preprocess | None = None,
     ):
         self.preprocess = preprocess
+        self.teacher_preprocess = teacher_preprocess
         self.tokenizer = tokenizer
         self.langs = list(langs)
         self.mode = mode
@@ -168,12 +170,15 @@ class BatchBuilder:
         ext = image_field(sample)
         if ext is None:
             raise ShardError(f"sample {key}: no image field")
-        pixels = self.preprocess(decode_image(sample[ext]))
+        image = decode_image(sample[ext])
+        pixels = self.preprocess(image)
         captions = choose_captions(meta["captions"], self.langs, self.mode, self.weights, rng)
         if not captions:
             raise ShardError(f"sample {key}: no caption in languages {','.join(self.langs)}")
         source_lang = meta.get("source_lang") or next(iter(meta["captions"]))
         decoded = {"key": key, "pixels": pixels, "captions": captions, "source": meta["captions"][source_lang]}
+        if self.teacher_preprocess is not None:
+            decoded["teacher_pixels"] = self.teacher_preprocess(image)
         for name in self.feature_fields:
             if name not in sample:
                 raise ShardError(f"sample {key}: cached feature {name} missing")
@@ -214,6 +219,8 @@ class BatchBuilder:
             "n_skipped": n_skipped,
             "skipped_keys": skipped_keys,
         }
+        if self.teacher_preprocess is not None:
+            batch["teacher_pixels"] = torch.from_numpy(np.stack([item["teacher_pixels"] for item in good]))
         for name in self.feature_fields:
             short = name.removesuffix(".npy")
             batch[short] = torch.from_numpy(np.stack([item[short] for item in good]).astype(np.float32))
@@ -293,6 +300,7 @@ class ShardLoader:
         seed: int = 0,
         feature_fields: Sequence[str] = (),
         feature_source: str | None = None,
+        teacher_preprocess: Preprocess | None = None,
     ):
         self.cfg = cfg
         self.rank, self.world_size, self.seed = rank, world_size, seed
@@ -309,7 +317,14 @@ class ShardLoader:
         self.total_samples = counts["samples"]
         weights = language_weights(self.langs, counts["langs"], cfg.caption_sampling, cfg.temperature)
         self.builder = BatchBuilder(
-            preprocess, tokenizer, self.langs, cfg.caption_sampling, weights, cfg.max_text_len, feature_fields
+            preprocess,
+            tokenizer,
+            self.langs,
+            cfg.caption_sampling,
+            weights,
+            cfg.max_text_len,
+            feature_fields,
+            teacher_preprocess,
         )
         self.epoch = 0
         self.batch_in_epoch = 0

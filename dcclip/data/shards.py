@@ -70,6 +70,33 @@ def tar_file_bytes(member_bytes: int) -> int:
     return -(-(member_bytes + 2 * _BLOCK) // _RECORD) * _RECORD
 
 
+def add_sample(tar: tarfile.TarFile, key: str, payload: dict[str, bytes]) -> None:
+    """Append one sample's fields as ``KEY.ext`` members, sorted, with fixed metadata for reproducible bytes."""
+    for ext, data in sorted(payload.items()):
+        info = tarfile.TarInfo(f"{key}.{ext}")
+        info.size = len(data)
+        info.mtime = 0
+        info.mode = 0o644
+        tar.addfile(info, io.BytesIO(data))
+
+
+def write_shard(path: Path, samples: Iterable[tuple[str, dict[str, bytes]]]) -> int:
+    """Write one tar shard atomically (temporary name, then rename); returns the number of samples."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    count = 0
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
+            for key, payload in samples:
+                _check_fields(key, payload)
+                add_sample(tar, key, payload)
+                count += 1
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return count
+
+
 @dataclass
 class ShardInfo:
     """What one finished shard holds."""
@@ -142,12 +169,7 @@ class ShardSetWriter:
         size = sum(tar_member_bytes(f"{key}.{ext}", len(data)) for ext, data in payload.items())
         self._roll_if_full(size)
         assert self._tar is not None and self._current is not None
-        for ext, data in sorted(payload.items()):
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size = len(data)
-            info.mtime = 0  # reproducible bytes: same input gives the same shard
-            info.mode = 0o644
-            self._tar.addfile(info, io.BytesIO(data))
+        add_sample(self._tar, key, payload)
         self._keys.add(key)
         self._current.samples += 1
         self._current.bytes += size

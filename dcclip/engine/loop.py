@@ -1,0 +1,288 @@
+"""The one training loop every stage uses: a task (student + frozen teacher + losses) over a stream of batches.
+
+The task returns named losses with their weighted sum under ``loss``; the loop owns everything else: devices, DDP,
+mixed precision, accumulation, clipping, the schedule, progress, metrics, atomic checkpoints and exact resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dcclip.config import OptimConfig, TrainConfig
+from dcclip.engine import checkpoint as ckpt
+from dcclip.engine.distributed import DistEnv, all_reduce_mean, all_reduce_sum_int, barrier
+from dcclip.engine.metrics import MetricsWriter, Throughput
+from dcclip.engine.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitSpec:
+    """What the loop needs besides the task and the data."""
+
+    run_dir: Path
+    train: TrainConfig
+    optim: OptimConfig
+    checkpoint_config: dict[str, Any]  # written into every checkpoint's config.json
+    checkpoint_files: dict[str, Path] = field(default_factory=dict)  # copied into every checkpoint (tokenizer.json)
+    description: str = "train"
+
+
+@dataclass
+class FitResult:
+    """Where a finished run ended."""
+
+    step: int
+    samples_seen: int
+    checkpoint: Path | None
+    losses: dict[str, float]
+    seconds: float
+    replica_checksums: list[str]
+
+
+def forever(loader: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Epoch after epoch; the loader keeps its own position for checkpoints."""
+    while True:
+        produced = False
+        for batch in loader:
+            produced = True
+            yield batch
+        if not produced:
+            raise RuntimeError("the data stream produced no batch in a whole epoch (all samples skipped?)")
+
+
+def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
+    """Move every tensor of a batch; images go channels-last for convolutional students."""
+    moved = {}
+    for name, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            if channels_last and value.ndim == 4 and name.endswith("pixels"):
+                value = value.contiguous(memory_format=torch.channels_last)
+        moved[name] = value
+    return moved
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast when asked for (fp32 master weights stay); a no-op for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def parameter_checksum(module: nn.Module) -> str:
+    """SHA-256 over all parameters: equal on every rank when DDP keeps replicas in sync.
+
+    Buffers are left out: BatchNorm statistics are local to each rank between DDP's broadcasts.
+    """
+    digest = hashlib.sha256()
+    for name, param in sorted(module.named_parameters()):
+        digest.update(name.encode())
+        digest.update(param.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def gather_strings(value: str, env: DistEnv) -> list[str]:
+    if not env.distributed:
+        return [value]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * env.world_size
+    dist.all_gather_object(out, value)
+    return out
+
+
+class Trainer:
+    """State of one run: task, optimiser, schedule, counters; ``fit`` drives it."""
+
+    def __init__(self, task: nn.Module, loader: Any, spec: FitSpec, env: DistEnv):
+        self.task, self.loader, self.spec, self.env = task, loader, spec, env
+        self.student: nn.Module = task.student
+        self.step = 0
+        self.samples_seen = 0
+        task.to(env.device)
+        if spec.train.channels_last:
+            self.student.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(task, spec.optim)
+        self.scheduler = build_scheduler(self.optimizer, spec.optim, spec.train.steps)
+        self.model = self._wrap_ddp(task)
+        self.metrics = MetricsWriter(spec.run_dir, enabled=env.is_main)
+
+    def _wrap_ddp(self, task: nn.Module) -> nn.Module:
+        if not self.env.distributed:
+            return task
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.env.device.index] if self.env.device.type == "cuda" else None
+        return DistributedDataParallel(task, device_ids=device_ids)
+
+    # --- resume ---------------------------------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Restore weights, optimiser, schedule, counters, RNG and data position from ``train.resume``."""
+        choice = self.spec.train.resume
+        if not choice:
+            return
+        path = ckpt.latest_checkpoint(self.spec.run_dir) if choice == "auto" else ckpt.resolve_checkpoint(choice)
+        if path is None:
+            log.info("no checkpoint in %s yet: starting fresh", self.spec.run_dir)
+            return
+        loaded = ckpt.read_checkpoint(path)
+        self._check_compatible(loaded)
+        ckpt.load_weights(self.student, loaded)
+        state = loaded.trainer_state
+        if state is None:
+            raise ckpt.CheckpointError(f"{path}: no {ckpt.STATE_FILE}; it can initialise a run but not resume one")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
+        ckpt.set_rng_state(state["rng"])
+        if state.get("world_size", 1) != self.env.world_size:
+            log.warning(
+                "resuming on %d ranks a run saved on %d: data order differs", self.env.world_size, state["world_size"]
+            )
+        self.loader.load_state_dict(state["data"])
+        if self.env.is_main:
+            log.info("resumed from %s at step %d", path, self.step)
+
+    def _check_compatible(self, loaded: ckpt.Checkpoint) -> None:
+        """A checkpoint of another architecture or stage cannot be resumed: say which fields differ."""
+        mine, theirs = self.spec.checkpoint_config, loaded.config
+        differ = [k for k in ("arch", "stage") if k in mine and theirs.get(k) != mine[k]]
+        if differ:
+            raise ckpt.CheckpointError(
+                f"{loaded.path} does not match this config: {', '.join(differ)} differ "
+                f"(checkpoint {json.dumps({k: theirs.get(k) for k in differ})[:300]}, "
+                f"config {json.dumps({k: mine[k] for k in differ})[:300]})"
+            )
+
+    # --- one optimiser step ---------------------------------------------------------------------------------------
+    def train_step(self, batches: Iterator[dict[str, Any]]) -> tuple[dict[str, float], int, int]:
+        """Accumulate gradients over micro-batches, clip, step; returns mean losses, images and skipped samples."""
+        accum = self.spec.optim.accum_steps
+        totals: dict[str, float] = {}
+        images = skipped = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        for micro in range(accum):
+            batch = next(batches)
+            images += len(batch["keys"])
+            skipped += int(batch.get("n_skipped", 0))
+            batch = to_device(batch, self.env.device, self.spec.train.channels_last)
+            last = micro == accum - 1
+            no_sync = self.model.no_sync() if self.env.distributed and not last else contextlib.nullcontext()
+            with no_sync:
+                with autocast(self.env.device, self.spec.train.precision):
+                    losses = self.model(batch)
+                loss = losses["loss"]
+                if not torch.isfinite(loss):
+                    keys = ", ".join(batch["keys"][:5])
+                    raise FloatingPointError(f"step {self.step}: loss is {loss.item()} (batch keys {keys}, ...)")
+                (loss / accum).backward()
+            for name, value in losses.items():
+                totals[name] = totals.get(name, 0.0) + float(value.detach()) / accum
+        if self.spec.optim.grad_clip > 0:
+            params = [p for p in self.task.parameters() if p.grad is not None]
+            totals["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, self.spec.optim.grad_clip))
+        self.optimizer.step()
+        self.scheduler.step()
+        return totals, images, skipped
+
+    # --- checkpoints and logging ----------------------------------------------------------------------------------
+    def save(self) -> Path | None:
+        path = None
+        if self.env.is_main:
+            state = ckpt.trainer_state(
+                self.optimizer,
+                self.scheduler,
+                self.step,
+                self.samples_seen,
+                self.loader.state_dict(),
+                self.env.world_size,
+            )
+            path = ckpt.write_checkpoint(
+                self.spec.run_dir,
+                self.step,
+                self.student,
+                self.spec.checkpoint_config,
+                state,
+                self.spec.checkpoint_files,
+                self.spec.train.keep_last,
+            )
+        barrier()
+        return path
+
+    def log(self, losses: dict[str, float], rate: float, skipped: int) -> dict[str, float]:
+        """Average losses over ranks and write one metrics record (rank 0)."""
+        reduced = {}
+        for name, value in sorted(losses.items()):
+            reduced[name] = float(all_reduce_mean(torch.tensor(value, device=self.env.device)))
+        record = {
+            **{k: round(v, 6) for k, v in reduced.items()},
+            "lr": self.scheduler.get_last_lr()[0],
+            "samples_per_s": round(rate, 2),
+            "samples_seen": self.samples_seen,
+            "skipped_samples": skipped,
+            "epoch": self.loader.state_dict().get("epoch", 0),
+        }
+        if hasattr(self.task, "extra_metrics"):
+            record.update(self.task.extra_metrics())
+        self.metrics.write(self.step, record)
+        return reduced
+
+
+def fit(task: nn.Module, loader: Any, spec: FitSpec, env: DistEnv) -> FitResult:
+    """Train ``task`` on ``loader`` for ``spec.train.steps`` optimiser steps, resuming if asked."""
+    from tqdm import tqdm
+
+    torch.manual_seed(spec.train.seed + env.rank)
+    trainer = Trainer(task, loader, spec, env)
+    trainer.resume()
+    task.train()
+    batches = forever(loader)
+    progress = tqdm(total=spec.train.steps, initial=trainer.step, desc=spec.description, disable=not env.is_main)
+    meter, started = Throughput(), time.perf_counter()
+    local_images = skipped = 0
+    last_losses: dict[str, float] = {}
+    checkpoint_path = ckpt.latest_checkpoint(spec.run_dir)
+    while trainer.step < spec.train.steps:
+        losses, images, skipped_now = trainer.train_step(batches)
+        trainer.step += 1
+        local_images += images
+        skipped += skipped_now
+        meter.add(images)
+        at_log = trainer.step % spec.train.log_every == 0 or trainer.step == spec.train.steps
+        at_ckpt = trainer.step % spec.train.ckpt_every == 0 or trainer.step == spec.train.steps
+        if at_log or at_ckpt:
+            trainer.samples_seen += all_reduce_sum_int(local_images, env.device)
+            local_images = 0
+        if at_log:
+            rate = meter.read() * env.world_size
+            last_losses = trainer.log(losses, rate, all_reduce_sum_int(skipped, env.device))
+            progress.set_postfix(loss=f"{last_losses['loss']:.4f}", img_s=f"{rate:.0f}")
+        progress.update(1)
+        if at_ckpt:
+            checkpoint_path = trainer.save() or checkpoint_path
+    progress.close()
+    trainer.metrics.close()
+    checksums = gather_strings(parameter_checksum(trainer.student), env)
+    if len(set(checksums)) > 1:
+        log.error("replicas diverged: parameter checksums differ across ranks %s", checksums)
+    return FitResult(
+        step=trainer.step,
+        samples_seen=trainer.samples_seen,
+        checkpoint=checkpoint_path,
+        losses=last_losses,
+        seconds=time.perf_counter() - started,
+        replica_checksums=checksums,
+    )

@@ -1,0 +1,51 @@
+"""AdamW with decoupled weight decay (not on norms, biases, embeddings' scale) and a warm-up + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from dcclip.config import OptimConfig
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices and convolutions; leave biases, norm weights, scalars (logit scale) undecayed."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim < 2 or "logit_scale" in name or name.endswith(".bias"):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters of ``model``."""
+    groups = parameter_groups(model, cfg.weight_decay)
+    if not any(g["params"] for g in groups):
+        raise ValueError("nothing to train: every parameter is frozen")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int, floor: float) -> float:
+    """LR multiplier: linear warm-up to 1, then cosine decay to ``floor`` at ``total`` steps."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
+    """Per-optimiser-step LambdaLR implementing warm-up + cosine."""
+    floor = cfg.min_lr / cfg.lr
+    warmup = min(cfg.warmup_steps, max(0, total_steps - 1))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: cosine_with_warmup(step, total_steps, warmup, floor)
+    )

@@ -1,0 +1,100 @@
+"""Pure loss modules: tensors in, a dict of named ``*_loss`` tensors out. Gathering across ranks lives elsewhere.
+
+- feature maps: SmoothL1 between the adapted student map and the teacher map (DC-CLIP);
+- embeddings: cosine or MSE between unit-normalised student and teacher embeddings (CLIP-KD's feature mimicry);
+- text: every language's caption is pulled onto the teacher's embedding of the source caption (Reimers & Gurevych);
+- contrastive: symmetric InfoNCE between image and text embeddings, any number of captions per image.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def embedding_distance(student: Tensor, teacher: Tensor, kind: str) -> Tensor:
+    """Mean distance between unit-normalised embeddings: 1 - cosine, or squared error summed over dimensions."""
+    s = F.normalize(student.float(), dim=-1)
+    t = F.normalize(teacher.float(), dim=-1)
+    if kind == "cosine":
+        return (1.0 - (s * t).sum(dim=-1)).mean()
+    if kind == "mse":
+        return (s - t).pow(2).sum(dim=-1).mean()
+    raise ValueError(f"unknown embedding loss kind {kind!r} (use 'cosine' or 'mse')")
+
+
+class FeatureMapLoss(nn.Module):
+    """SmoothL1 between the student's adapted feature map and the teacher's, as in DC-CLIP."""
+
+    def __init__(self, beta: float = 1.0):
+        super().__init__()
+        self.beta = beta
+
+    def forward(self, student_fmap: Tensor, teacher_fmap: Tensor) -> dict[str, Tensor]:
+        if student_fmap.shape != teacher_fmap.shape:
+            shapes = f"student {tuple(student_fmap.shape)}, teacher {tuple(teacher_fmap.shape)}"
+            raise ValueError(f"feature maps differ in shape: {shapes}")
+        loss = F.smooth_l1_loss(student_fmap.float(), teacher_fmap.float(), beta=self.beta)
+        return {"fmap_loss": loss}
+
+
+class ImageEmbeddingLoss(nn.Module):
+    """Student image embedding mimics the teacher's (direction only: both are normalised)."""
+
+    def __init__(self, kind: str = "cosine"):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, student_emb: Tensor, teacher_emb: Tensor) -> dict[str, Tensor]:
+        return {"image_embed_loss": embedding_distance(student_emb, teacher_emb, self.kind)}
+
+
+class CrossLingualTextLoss(nn.Module):
+    """Each caption, in whatever language, towards the teacher's embedding of its image's source caption."""
+
+    def __init__(self, kind: str = "mse"):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, student_text: Tensor, teacher_source: Tensor, caption_image: Tensor) -> dict[str, Tensor]:
+        targets = teacher_source[caption_image]
+        return {"text_embed_loss": embedding_distance(student_text, targets, self.kind)}
+
+
+def contrastive_loss(image_emb: Tensor, text_emb: Tensor, caption_image: Tensor, logit_scale: Tensor) -> Tensor:
+    """Symmetric InfoNCE, ½(image→text + text→image), over [B, D] images and [T, D] captions.
+
+    ``caption_image`` [T] maps each caption to its image. With one caption per image this is exactly CLIP's loss;
+    with several, image→text uses a uniform target over the image's captions.
+    """
+    image = F.normalize(image_emb.float(), dim=-1)
+    text = F.normalize(text_emb.float(), dim=-1)
+    logits_per_text = logit_scale * text @ image.T  # [T, B]
+    text_to_image = F.cross_entropy(logits_per_text, caption_image)
+    targets = F.one_hot(caption_image, num_classes=image.shape[0]).T.float()  # [B, T]
+    targets = targets / targets.sum(dim=1, keepdim=True).clamp_min(1.0)
+    has_caption = targets.sum(dim=1) > 0
+    logits_per_image = logits_per_text.T
+    image_to_text = -(targets * F.log_softmax(logits_per_image, dim=1)).sum(dim=1)[has_caption].mean()
+    return 0.5 * (image_to_text + text_to_image)
+
+
+class ContrastiveLoss(nn.Module):
+    """Symmetric InfoNCE between student image and text embeddings, with a clamped learnable temperature."""
+
+    def __init__(self, max_scale: float = 100.0):
+        super().__init__()
+        self.max_scale = max_scale
+
+    def forward(
+        self, image_emb: Tensor, text_emb: Tensor, caption_image: Tensor, log_scale: Tensor
+    ) -> dict[str, Tensor]:
+        scale = log_scale.exp().clamp(max=self.max_scale)
+        return {"contrastive_loss": contrastive_loss(image_emb, text_emb, caption_image, scale)}
+
+
+def smooth_l1_reference(student: Tensor, teacher: Tensor, beta: float) -> Tensor:
+    """The textbook SmoothL1 definition, kept to test FeatureMapLoss against."""
+    diff = (student - teacher).abs()
+    return torch.where(diff < beta, 0.5 * diff.pow(2) / beta, diff - 0.5 * beta).mean()

@@ -1,0 +1,157 @@
+"""Stage 1 end to end on the toy world: loss falls, cached == online, exact resume, torchrun with 2 gloo ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dcclip.config import load_config
+from dcclip.engine import checkpoint as ckpt
+from dcclip.engine.runs import run_stage
+
+
+def distill_config(toy_world, tokenizer_path, teacher_spec, out_dir, *extra):
+    return load_config(
+        None,
+        [
+            "stage=distill",
+            f"data.train={toy_world / 'train'}",
+            "data.batch_size=16",
+            "data.workers=2",
+            "data.shuffle_buffer=32",
+            "student.model=test-student",
+            f"student.tokenizer={tokenizer_path}",
+            f"teacher.spec={teacher_spec}",
+            f"train.out_dir={out_dir}",
+            "train.log_every=1",
+            "optim.warmup_steps=2",
+            *extra,
+        ],
+    )
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(ckpt.latest_checkpoint(run_dir) / ckpt.MODEL_FILE))
+
+
+@pytest.mark.slow
+def test_stage1_loss_falls_and_writes_a_complete_run(toy_world, world_tokenizer_path, saved_teacher_spec, tmp_path):
+    cfg = distill_config(toy_world, world_tokenizer_path, saved_teacher_spec, tmp_path / "run", "train.steps=40")
+    summary = run_stage(cfg)
+    records = metrics(tmp_path / "run")
+    first = sum(r["loss"] for r in records[:5]) / 5
+    last = sum(r["loss"] for r in records[-5:]) / 5
+    assert last < 0.8 * first, (first, last)
+    assert {"fmap_loss", "image_embed_loss", "text_embed_loss", "samples_per_s"} <= set(records[-1])
+    latest = ckpt.latest_checkpoint(tmp_path / "run")
+    assert latest.name == "step-00000040" and summary["steps"] == 40
+    for name in (ckpt.MODEL_FILE, ckpt.CONFIG_FILE, ckpt.STATE_FILE, "tokenizer.json"):
+        assert (latest / name).is_file()
+    config = json.loads((latest / ckpt.CONFIG_FILE).read_text())
+    assert config["arch"]["embed_dim"] == 32 and config["stage"] == "distill" and len(config["langs"]) == 10
+    assert (tmp_path / "run" / "config.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_cached_and_online_give_the_same_first_loss(toy_world, world_tokenizer_path, saved_teacher_spec, tmp_path):
+    from stages_helpers import cache
+
+    features = cache(toy_world, saved_teacher_spec, tmp_path / "features")
+    online = distill_config(toy_world, world_tokenizer_path, saved_teacher_spec, tmp_path / "online", "train.steps=1")
+    cached = distill_config(
+        toy_world,
+        world_tokenizer_path,
+        saved_teacher_spec,
+        tmp_path / "cached",
+        "train.steps=1",
+        f"data.features={features}",
+    )
+    run_stage(online)
+    run_stage(cached)
+    a, b = metrics(tmp_path / "online")[0], metrics(tmp_path / "cached")[0]
+    for name in ("fmap_loss", "image_embed_loss", "text_embed_loss", "loss"):
+        assert a[name] == pytest.approx(b[name], rel=2e-3), name
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_parameters(
+    toy_world, world_tokenizer_path, saved_teacher_spec, tmp_path, monkeypatch
+):
+    from dcclip.engine import loop
+
+    args = ("train.steps=8", "train.ckpt_every=4", "train.resume=auto")
+    run_stage(distill_config(toy_world, world_tokenizer_path, saved_teacher_spec, tmp_path / "straight", *args))
+
+    original = loop.Trainer.train_step
+
+    def dies_after_step_5(self, batches):
+        if self.step == 5:
+            raise KeyboardInterrupt("simulated kill")
+        return original(self, batches)
+
+    interrupted = distill_config(toy_world, world_tokenizer_path, saved_teacher_spec, tmp_path / "killed", *args)
+    monkeypatch.setattr(loop.Trainer, "train_step", dies_after_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(interrupted)
+    monkeypatch.setattr(loop.Trainer, "train_step", original)
+    assert ckpt.latest_checkpoint(tmp_path / "killed").name == "step-00000004"
+    run_stage(interrupted)  # resume=auto picks up step 4
+
+    straight, resumed = final_weights(tmp_path / "straight"), final_weights(tmp_path / "killed")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.allclose(straight[name], resumed[name], atol=1e-6), name
+    steps = [r["step"] for r in metrics(tmp_path / "killed")]
+    assert steps[-4:] == [5, 6, 7, 8]
+
+
+def test_resume_with_another_architecture_is_refused(toy_world, world_tokenizer_path, saved_teacher_spec, tmp_path):
+    run_stage(distill_config(toy_world, world_tokenizer_path, saved_teacher_spec, tmp_path / "r", "train.steps=1"))
+    other = distill_config(
+        toy_world, world_tokenizer_path, saved_teacher_spec, tmp_path / "r", "train.steps=2", "train.resume=auto",
+        "student.model=test-vit-student",
+    )  # fmt: skip
+    with pytest.raises(ckpt.CheckpointError, match="arch differ"):
+        run_stage(other)
+
+
+def test_checkpoints_are_atomic_and_pruned(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    for step in (1, 2, 3, 4):
+        ckpt.write_checkpoint(tmp_path, step, model, {"arch": {}}, None, keep_last=2)
+    (tmp_path / ckpt.CHECKPOINT_DIR / ".step-00000005.tmp-123").mkdir()  # a crash mid-write leaves this
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-00000003", "step-00000004"]
+    assert ckpt.latest_checkpoint(tmp_path).name == "step-00000004"
+    with pytest.raises(ckpt.CheckpointError, match="no checkpoint"):
+        ckpt.resolve_checkpoint(tmp_path / "nowhere")
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_ranks_keep_identical_parameters(
+    toy_world, world_tokenizer_path, saved_teacher_spec, tmp_path
+):
+    run_dir = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "dcclip",
+        "distill", f"data.train={toy_world / 'train'}", "data.batch_size=8", "data.workers=1",
+        "student.model=test-student", f"student.tokenizer={world_tokenizer_path}", f"teacher.spec={saved_teacher_spec}",
+        f"train.out_dir={run_dir}", "train.steps=4", "train.log_every=2", "train.device=cpu",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 4
+    assert len(summary["replica_checksums"]) == 2 and len(set(summary["replica_checksums"])) == 1
+    assert summary["samples_seen"] == 4 * 2 * 8
