@@ -19,6 +19,7 @@ import json
 import math
 import numbers
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -733,3 +734,37 @@ def count_parameters(student: Student) -> dict[str, int]:
     text = _numel(student.text)
     adapter = _numel(student.image.adapter)
     return {"image": image, "text": text, "adapter": adapter, "total_deployed": image + text}
+
+
+@dataclass
+class LoadedStudent:
+    """A trained student with everything needed to use it: tokenizer, preprocessing, languages, text length."""
+
+    model: Student
+    tokenizer: Any
+    preprocess: Preprocess
+    langs: list[str]
+    max_text_len: int
+    config: dict[str, Any]
+    path: Path
+
+
+def load_student_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedStudent:
+    """Rebuild a student from a checkpoint directory (or a run directory's latest) in eval mode."""
+    from dcclip.engine import checkpoint as ckpt
+    from dcclip.models.tokenizers import TextTokenizer
+
+    loaded = ckpt.read_checkpoint(path, with_state=False)
+    student = rebuild_student(loaded.config["arch"])
+    ckpt.load_weights(student, loaded)
+    student.to(device).eval()
+    tokenizer_file = loaded.path / loaded.config.get("tokenizer", "tokenizer.json")
+    return LoadedStudent(
+        model=student,
+        tokenizer=TextTokenizer.from_path(tokenizer_file),
+        preprocess=Preprocess.from_config(loaded.config["preprocess"]),
+        langs=list(loaded.config.get("langs", [])),
+        max_text_len=int(loaded.config.get("max_text_len", student.text.max_length)),
+        config=loaded.config,
+        path=loaded.path,
+    )
