@@ -284,7 +284,11 @@ def shard_paths(source: str | Path) -> list[str]:
             else:
                 paths.extend(str(t) for t in sorted(p.glob("*.tar")))
         else:
-            paths.extend(braceexpand.braceexpand(part))
+            expanded = list(braceexpand.braceexpand(part))
+            missing = [e for e in expanded if "://" not in e and not Path(e).exists()]
+            if missing:
+                raise ShardError(f"{missing[0]}: no such shard file or directory")
+            paths.extend(expanded)
     if not paths:
         raise ShardError(f"{source}: no shards found")
     return paths
