@@ -83,6 +83,9 @@ class StudentConfig:
     model: str = ""
     tokenizer: str = ""  # tokenizer.json, a directory holding one, or a Hugging Face tokenizer directory
     pretrained: bool = False  # load timm / transformers pretrained weights for the towers when available
+    # A Hugging Face text encoder directory (e.g. the teacher's XLM-R) whose embeddings and every k-th layer start the
+    # student's text tower (TinyCLIP / DistilBERT style); it must share the student's tokenizer and hidden size.
+    inherit_text: str = ""
 
 
 @dataclass(frozen=True)

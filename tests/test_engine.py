@@ -155,3 +155,46 @@ def test_torchrun_two_gloo_ranks_keep_identical_parameters(
     assert summary["world_size"] == 2 and summary["steps"] == 4
     assert len(summary["replica_checksums"]) == 2 and len(set(summary["replica_checksums"])) == 1
     assert summary["samples_seen"] == 4 * 2 * 8
+
+
+@pytest.mark.slow
+def test_demo_teacher_trains_and_loads_like_a_user_checkpoint(toy_world, tmp_path):
+    from dcclip.cli import main
+    from dcclip.models.teachers import load_teacher
+
+    out = tmp_path / "teacher"
+    assert main(["teacher", "train-demo", "--world", str(toy_world), "--out", str(out), "--steps", "3"]) == 0
+    assert (out / "open_clip_config.json").is_file() and (out / "open_clip_model.safetensors").is_file()
+    teacher = load_teacher(f"openclip:{out}")
+    image, fmap = teacher.encode_image(torch.zeros(2, 3, teacher.preprocess.image_size, teacher.preprocess.image_size))
+    assert image.shape == (2, 128) and fmap.shape[1] == teacher.fmap_channels
+    assert teacher.encode_text(["a red circle"]).shape == (1, 128)
+    trained = json.loads((out / "train_summary.json").read_text())
+    assert trained["steps"] == 3 and trained["teacher_spec"] == f"openclip:{out.resolve()}"
+
+
+def test_inherit_text_from_a_local_encoder(toy_world, world_tokenizer_path, saved_teacher_spec, tmp_path):
+    from transformers import BertConfig, BertModel
+
+    from dcclip.models.registry import get_model_config
+    from dcclip.models.tokenizers import TextTokenizer
+
+    text = get_model_config("test-student", "student")["text"]
+    vocab = TextTokenizer.from_path(world_tokenizer_path).vocab_size
+    width = text["hidden_size"]
+    bert = BertModel(
+        BertConfig(
+            vocab_size=vocab, hidden_size=width, num_hidden_layers=2 * text["num_layers"],
+            num_attention_heads=text["num_heads"], intermediate_size=text.get("intermediate_size", 4 * width),
+            type_vocab_size=1, max_position_embeddings=text.get("max_length", 64),
+        )
+    )  # fmt: skip
+    bert.save_pretrained(tmp_path / "encoder")
+    cfg = distill_config(
+        toy_world, world_tokenizer_path, saved_teacher_spec, tmp_path / "run", "train.steps=1",
+        f"student.inherit_text={tmp_path / 'encoder'}", "optim.lr=1e-9",
+    )  # fmt: skip
+    run_stage(cfg)
+    weights = final_weights(tmp_path / "run")
+    inherited = weights["text.transformer.encoder.layer.1.attention.self.query.weight"]
+    assert torch.allclose(inherited, bert.encoder.layer[2].attention.self.query.weight, atol=1e-5)

@@ -91,7 +91,7 @@ def build_student_for(cfg: RunConfig, side: TeacherSide, tokenizer: Any, init: c
         torch.manual_seed(cfg.train.seed)  # the same initial student whether or not a teacher was built first
         if not cfg.student.model:
             raise ValueError("student.model is not set (see `dcclip models list --kind student`)")
-        return build_student(
+        student = build_student(
             cfg.student.model,
             embed_dim=side.embed_dim,
             fmap_channels=side.fmap_channels,
@@ -99,10 +99,26 @@ def build_student_for(cfg: RunConfig, side: TeacherSide, tokenizer: Any, init: c
             vocab_size=tokenizer.vocab_size,
             pad_id=tokenizer.pad_id,
             pretrained=cfg.student.pretrained,
+            logit_scale_init=cfg.loss.logit_scale_init,
         )
+        if cfg.student.inherit_text:
+            inherit_from(student, cfg.student.inherit_text)
+        return student
     student = rebuild_student(init.config["arch"])
     ckpt.load_weights(student, init)
     return student
+
+
+def inherit_from(student: Any, encoder_dir: str) -> None:
+    """Initialise the student's text tower from a larger Hugging Face encoder's embeddings and every k-th layer."""
+    from transformers import AutoModel
+
+    from dcclip.models.students import inherit_text_layers
+
+    if not Path(encoder_dir).is_dir():
+        raise FileNotFoundError(f"student.inherit_text={encoder_dir}: not a local Hugging Face model directory")
+    copied = inherit_text_layers(student.text, AutoModel.from_pretrained(encoder_dir))
+    log.info("student text tower: %d tensors inherited from %s", len(copied), encoder_dir)
 
 
 def checkpoint_config(cfg: RunConfig, student: Any, side: TeacherSide, langs: list[str]) -> dict[str, Any]:

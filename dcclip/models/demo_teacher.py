@@ -58,7 +58,7 @@ class ClipTrainingTask(nn.Module):
         return {"loss": loss, "contrastive_loss": loss}
 
     def extra_metrics(self) -> dict[str, float]:
-        return {"logit_scale": float(self.student.logit_scale.exp())}
+        return {"logit_scale": float(self.student.logit_scale.detach().exp())}
 
 
 def demo_model_config() -> dict[str, Any]:
