@@ -1,0 +1,377 @@
+"""One evaluation run over one or more models (``--compare``) -> report.json, report.md and bar charts.
+
+``run_eval`` is the single entry the CLI calls. Models are loaded and scored one at a time (only one is in memory),
+every figure lands in report.json (models x languages x metrics, dataset facts, settings, timings), report.md holds
+one markdown table (rows: languages plus their mean; columns: models x metrics) and every metric gets a grouped bar
+chart (languages on the x axis, one bar per model). The markdown and the charts are drawn from the report dict itself,
+so they cannot disagree with report.json. Every file is written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import io
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dcclip import __version__
+from dcclip.eval import alignment, retrieval, zeroshot
+from dcclip.eval.datasets import ClassificationDataset, DatasetError, RetrievalDataset, open_dataset
+from dcclip.eval.models import TEACHER_PREFIXES, EmbeddingModel, default_name, load_model
+
+__all__ = [
+    "REPORT_FORMAT",
+    "TASKS",
+    "build_report",
+    "chart_filename",
+    "draw_chart",
+    "markdown_report",
+    "run_eval",
+    "write_report",
+]
+
+log = logging.getLogger(__name__)
+
+REPORT_FORMAT = "dcclip-eval-report"
+REPORT_VERSION = 1
+MEAN_ROW = "mean"
+UNBOUNDED = ("cos_pairs", "cos_random", "gap")  # cosines can be negative; every other metric is a rate in [0, 1]
+ModelRef = str | os.PathLike | EmbeddingModel  # a reference for load_model, or a model object used as is
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a task needs: the dataset kind it reads, the function that scores one model, the metrics it reports."""
+
+    dataset_type: type
+    evaluate: Callable[..., dict[str, dict[str, Any]]]
+    metrics: tuple[str, ...]
+
+
+TASKS: dict[str, Task] = {
+    "zeroshot": Task(ClassificationDataset, zeroshot.evaluate_zeroshot, zeroshot.METRICS),
+    "retrieval": Task(RetrievalDataset, retrieval.evaluate_retrieval, tuple(retrieval.metric_names())),
+    "alignment": Task(RetrievalDataset, alignment.evaluate_alignment, alignment.METRICS),
+}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Preparing the run
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _task(task: str) -> Task:
+    """The Task for a name, or ValueError listing the known ones."""
+    if task not in TASKS:
+        raise ValueError(f"unknown eval task {task!r}; expected one of {', '.join(TASKS)}")
+    return TASKS[task]
+
+
+def _open_for(task: str, dataset: Path, max_samples: int | None) -> ClassificationDataset | RetrievalDataset:
+    """Open the dataset and check it is the kind the task reads (classification vs retrieval)."""
+    ds = open_dataset(dataset, max_samples=max_samples)
+    if not isinstance(ds, _task(task).dataset_type):
+        wanted = "a classification set (classnames + cls labels)" if task == "zeroshot" else "a retrieval set"
+        raise DatasetError(f"{dataset}: task {task!r} needs {wanted}, but this is a {ds.info()['type']} set")
+    return ds
+
+
+def _task_langs(task: str, ds: ClassificationDataset | RetrievalDataset, langs: Sequence[str] | None) -> list[str]:
+    """The languages to score, checked against the dataset before any model is loaded (fail fast)."""
+    chosen = list(dict.fromkeys(langs)) if langs else list(ds.langs)
+    if task == "alignment":
+        ds.check_langs([alignment.PIVOT, *chosen])
+        chosen = [lang for lang in chosen if lang != alignment.PIVOT]
+        if not chosen:
+            raise DatasetError(f"{ds.root}: alignment needs a language besides {alignment.PIVOT!r}")
+        return chosen
+    ds.check_langs(chosen)
+    return chosen
+
+
+def _is_ref(model: object) -> bool:
+    """Whether a models entry is a reference to load (string or path) rather than a model object."""
+    return isinstance(model, (str, os.PathLike))
+
+
+def _labels(models: Sequence[ModelRef], names: Sequence[str] | None, teacher_text: str = "") -> list[str]:
+    """One unique report label per model: given names, else derived ones (repeats get #2, #3 ...)."""
+    if names is not None:
+        if len(names) != len(models):
+            raise ValueError(f"got {len(names)} names for {len(models)} models")
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {list(names)}")
+        return list(names)
+    labels: list[str] = []
+    for model in models:
+        if _is_ref(model):
+            base = default_name(str(model), teacher_text if str(model).startswith(TEACHER_PREFIXES) else "")
+        else:
+            base = str(getattr(model, "name", type(model).__name__))
+        label, k = base, 2
+        while label in labels:
+            label, k = f"{base}#{k}", k + 1
+        labels.append(label)
+    return labels
+
+
+def _load(ref: ModelRef, label: str, device: str, batch_size: int, teacher_text: str) -> EmbeddingModel:
+    """A model object as is, or a loaded reference (the teacher text spec goes to teacher specs only)."""
+    if not _is_ref(ref):
+        return ref
+    text_spec = teacher_text if str(ref).startswith(TEACHER_PREFIXES) else ""
+    return load_model(ref, device=device, name=label, text_spec=text_spec, batch_size=batch_size)
+
+
+def _free_memory() -> None:
+    """Return a released model's memory before the next one loads (CPU and, when torch is in use, the CUDA cache)."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The report dict
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _mean_over_langs(per_lang: dict[str, dict[str, Any]], metrics: Sequence[str]) -> dict[str, float]:
+    """Unweighted mean of each metric over the languages (every language counts the same)."""
+    return {m: float(np.mean([figures[m] for figures in per_lang.values()])) for m in metrics}
+
+
+def chart_filename(task: str, metric: str) -> str:
+    """File name of a metric's chart: ``TASK_METRIC.png`` with anything but letters, digits and ``_`` as ``_``."""
+    return f"{task}_{re.sub(r'[^A-Za-z0-9_]+', '_', metric)}.png"
+
+
+def build_report(
+    task: str,
+    dataset_info: dict[str, Any],
+    langs: list[str],
+    entries: list[dict[str, Any]],
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """The report dict: every figure per model and language, per-model means, dataset facts, settings and timings.
+
+    Each entry is ``{"name", "ref", "kind", "results": {lang: {metric: value, ...}}, "seconds": {...}}``.
+    """
+    metrics = list(_task(task).metrics)
+    return {
+        "format": REPORT_FORMAT,
+        "version": REPORT_VERSION,
+        "task": task,
+        "dataset": dataset_info,
+        "langs": langs,
+        "metrics": metrics,
+        "models": [{k: e[k] for k in ("name", "ref", "kind", "seconds")} for e in entries],
+        "results": {e["name"]: e["results"] for e in entries},
+        "mean": {e["name"]: _mean_over_langs(e["results"], metrics) for e in entries},
+        "settings": settings,
+        "timings": {"total_seconds": round(sum(e["seconds"]["total"] for e in entries), 3)},
+        "files": {
+            "json": "report.json",
+            "markdown": "report.md",
+            "charts": {m: chart_filename(task, m) for m in metrics},
+        },
+        "dcclip_version": __version__,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Markdown and charts
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _cell(text: str) -> str:
+    """Markdown-safe table cell text."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _markdown_table(report: dict[str, Any]) -> list[str]:
+    """Rows: languages then the mean; columns: every model x metric; figures with 4 decimals."""
+    models, metrics = list(report["results"]), report["metrics"]
+    header = ["lang"] + [f"{_cell(model)} {metric}" for model in models for metric in metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
+    for lang in report["langs"]:
+        row = [f"{report['results'][model][lang][metric]:.4f}" for model in models for metric in metrics]
+        lines.append(f"| {lang} | " + " | ".join(row) + " |")
+    mean = [f"{report['mean'][model][metric]:.4f}" for model in models for metric in metrics]
+    lines.append(f"| **{MEAN_ROW}** | " + " | ".join(f"**{v}**" for v in mean) + " |")
+    return lines
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    """report.md text: what was evaluated, the table of figures, the models with timings, the charts."""
+    ds = report["dataset"]
+    lines = [
+        f"# dcclip eval: {report['task']}",
+        "",
+        f"- dataset: `{ds['path']}` ({ds['type']}, {ds.get('samples', '?')} samples"
+        + (f", {ds['classes']} classes" if "classes" in ds else "")
+        + ")",
+        f"- languages: {', '.join(report['langs'])}",
+        f"- metrics: {', '.join(report['metrics'])} (fractions; mean row: unweighted mean over languages)",
+        "",
+        *_markdown_table(report),
+        "",
+        "| model | kind | reference | load s | eval s |",
+        "|---|---|---|---:|---:|",
+    ]
+    for model in report["models"]:
+        seconds = model["seconds"]
+        ref = _cell(model["ref"])
+        lines.append(f"| {_cell(model['name'])} | {model['kind']} | `{ref}` | {seconds['load']} | {seconds['eval']} |")
+    lines += ["", *(f"![{m}]({f})" for m, f in report["files"]["charts"].items()), ""]
+    return "\n".join(lines)
+
+
+def draw_chart(report: dict[str, Any], metric: str) -> Any:
+    """A grouped bar chart (matplotlib Figure, Agg canvas) of one metric: languages + mean on x, a bar per model."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    models, groups = list(report["results"]), [*report["langs"], MEAN_ROW]
+    fig = Figure(figsize=(max(6.0, 0.9 * len(groups) * max(1, len(models)) / 2 + 2), 4.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(models))
+    x = np.arange(len(groups))
+    for i, model in enumerate(models):
+        values = [report["results"][model][lang][metric] for lang in report["langs"]] + [report["mean"][model][metric]]
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, values, width, label=model)
+    ax.set_xticks(x, groups)
+    if metric not in UNBOUNDED:
+        ax.set_ylim(0.0, 1.0)  # rates share one scale, so charts of different runs compare at a glance
+    ax.set_ylabel(metric)
+    ax.set_title(f"{report['task']}: {metric} ({Path(report['dataset']['path']).name})")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write bytes to a temporary name beside ``path`` and rename, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _png_bytes(fig: Any) -> bytes:
+    """A figure rendered to PNG bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def _has_matplotlib() -> bool:
+    """Whether charts can be drawn (matplotlib is an optional dependency: the core install is the runtime)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> None:
+    """Write report.json, report.md and one PNG chart per metric into ``out_dir``, each atomically.
+
+    Without matplotlib the charts are left out and ``report["files"]["charts"]`` is emptied to say so.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not _has_matplotlib():
+        log.warning("matplotlib is not installed (pip install 'dcclip[train]'): report written without charts")
+        report["files"]["charts"] = {}
+    for metric, filename in report["files"]["charts"].items():
+        _write_atomic(out_dir / filename, _png_bytes(draw_chart(report, metric)))
+    _write_atomic(out_dir / "report.md", markdown_report(report).encode("utf-8"))
+    text = json.dumps(report, ensure_ascii=False, indent=2) + "\n"
+    _write_atomic(out_dir / "report.json", text.encode("utf-8"))  # last: its presence means the report is complete
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The entry point
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _evaluate_one(
+    task: str, ref: ModelRef, label: str, ds: Any, langs: list[str], opts: dict[str, Any]
+) -> dict[str, Any]:
+    """Load one model, score it on every language, release it; returns its report entry with timings."""
+    log.info("eval %s: %s", task, label)
+    start = time.perf_counter()
+    model = _load(ref, label, opts["device"], opts["batch_size"], opts["teacher_text"])
+    loaded = time.perf_counter()
+    results = _task(task).evaluate(model, ds, langs, batch_size=opts["batch_size"], progress=opts["progress"])
+    done = time.perf_counter()
+    entry = {
+        "name": label,
+        "ref": str(ref) if _is_ref(ref) else getattr(model, "ref", label),
+        "kind": getattr(model, "kind", type(model).__name__),
+        "results": results,
+        "seconds": {"load": round(loaded - start, 3), "eval": round(done - loaded, 3), "total": round(done - start, 3)},
+    }
+    del model  # the last reference: only one model is in memory at a time
+    _free_memory()
+    return entry
+
+
+def _samples_evaluated(task: str, entries: list[dict[str, Any]]) -> int:
+    """How many images (zero-shot, retrieval) or caption pairs (alignment, largest language) were scored."""
+    per_lang = entries[0]["results"].values()
+    key = {"zeroshot": "n", "retrieval": "n_images", "alignment": "n"}[task]
+    return max(int(figures[key]) for figures in per_lang)
+
+
+def run_eval(
+    task: str,
+    models: Sequence[ModelRef],
+    dataset: Path,
+    langs: list[str] | None,
+    out_dir: Path,
+    batch_size: int = 64,
+    max_samples: int | None = None,
+    device: str = "cpu",
+    names: list[str] | None = None,
+    teacher_text: str = "",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate every model on one task and dataset, write the report into ``out_dir`` and return it.
+
+    ``models`` are references for ``load_model`` (or EmbeddingModel objects); ``teacher_text`` is a separate text
+    teacher for the openclip:/hf: references among them.
+    """
+    if not models:
+        raise ValueError("run_eval needs at least one model")
+    ds = _open_for(task, Path(dataset), max_samples)
+    chosen = _task_langs(task, ds, langs)
+    labels = _labels(models, names, teacher_text)
+    opts = {"device": device, "batch_size": batch_size, "teacher_text": teacher_text, "progress": progress}
+    entries = [_evaluate_one(task, ref, label, ds, chosen, opts) for ref, label in zip(models, labels, strict=True)]
+    info = {**ds.info(), "samples": _samples_evaluated(task, entries)}
+    settings = {"batch_size": batch_size, "max_samples": max_samples, "device": device, "teacher_text": teacher_text}
+    report = build_report(task, info, chosen, entries, settings)
+    out_dir = Path(out_dir)
+    write_report(report, out_dir)
+    return {**report, "out_dir": str(out_dir)}

@@ -1,0 +1,117 @@
+"""Zero-shot classification, the standard CLIP recipe (as clip_benchmark runs it), per language, in numpy.
+
+Class embedding = normalised mean of the normalised embeddings of every template filled with the class name; logits =
+image embeddings @ class embeddings.T. Metrics: top-1, top-5 and mean per-class recall (clip_benchmark's
+``balanced_accuracy_score``); a tie with the true class counts as a miss, so a constant model scores 0. Image
+embeddings are computed once and scored against every language's classifier, so "English prompts" is simply
+``lang="en"``. The metrics are written here because clip_benchmark 1.6.2's ``accuracy()`` fails on numpy 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from dcclip.eval.datasets import PLACEHOLDER, ClassificationDataset, DatasetError
+from dcclip.eval.embedding import embed_image_stream, embed_texts
+from dcclip.eval.models import EmbeddingModel, l2_normalize
+
+__all__ = [
+    "METRICS",
+    "classification_metrics",
+    "embed_dataset_images",
+    "evaluate_zeroshot",
+    "mean_per_class_recall",
+    "topk_accuracy",
+    "true_label_ranks",
+    "zeroshot_classifier",
+]
+
+METRICS = ("top1", "top5", "mean_per_class_recall")
+
+
+def fill_templates(classnames: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """Every template with every class name, class-major: [c0 t0, c0 t1, ..., c1 t0, ...]."""
+    return [template.replace(PLACEHOLDER, name) for name in classnames for template in templates]
+
+
+def zeroshot_classifier(
+    model: EmbeddingModel,
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    batch_size: int = 256,
+    progress: bool = False,
+) -> np.ndarray:
+    """Class embeddings [C, D]: the normalised mean of each class's normalised template embeddings."""
+    if not classnames or not templates:
+        raise ValueError("zeroshot_classifier needs at least one class name and one template")
+    texts = fill_templates(classnames, templates)
+    embeddings = embed_texts(model, texts, batch_size, progress, f"{model.name}: class prompts")
+    per_class = embeddings.reshape(len(classnames), len(templates), -1)
+    return l2_normalize(l2_normalize(per_class).mean(axis=1))
+
+
+def true_label_ranks(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """How many other classes score at least as high as the true one; ties count against the model."""
+    true = logits[np.arange(len(labels)), labels][:, None]
+    return (logits >= true).sum(axis=1) - 1
+
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Share of rows whose true label is among the k highest logits (a tie with the true label is a miss)."""
+    return float(np.mean(true_label_ranks(logits, np.asarray(labels, dtype=np.int64)) < k))
+
+
+def mean_per_class_recall(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over the classes present in ``labels`` of each class's top-1 recall (sklearn's balanced accuracy)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    correct = true_label_ranks(logits, labels) == 0
+    return float(np.mean([np.mean(correct[labels == c]) for c in np.unique(labels)]))
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float | int]:
+    """top1, top5, mean per-class recall and the sample count from logits [N, C] and integer labels [N]."""
+    labels = np.asarray(labels, dtype=np.int64)
+    return {
+        "top1": topk_accuracy(logits, labels, 1),
+        "top5": topk_accuracy(logits, labels, 5),
+        "mean_per_class_recall": mean_per_class_recall(logits, labels),
+        "n": len(labels),
+    }
+
+
+def embed_dataset_images(
+    model: EmbeddingModel, dataset: ClassificationDataset, batch_size: int = 64, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image embeddings [N, D] and labels [N] of the whole set, streamed in batches."""
+    labels: list[int] = []
+
+    def images() -> Any:
+        for image, label in dataset.samples():
+            labels.append(label)
+            yield image
+
+    embeddings = embed_image_stream(model, images(), batch_size, progress, total=dataset.size_hint)
+    if not labels:
+        raise DatasetError(f"{dataset.root}: no samples to evaluate")
+    return embeddings, np.asarray(labels, dtype=np.int64)
+
+
+def evaluate_zeroshot(
+    model: EmbeddingModel,
+    dataset: ClassificationDataset,
+    langs: Sequence[str] | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Per language: {top1, top5, mean_per_class_recall, n}; images are embedded once for all languages."""
+    langs = list(langs) if langs else dataset.langs
+    dataset.check_langs(langs)
+    image_emb, labels = embed_dataset_images(model, dataset, batch_size, progress)
+    results = {}
+    for lang in langs:
+        classes = zeroshot_classifier(model, dataset.classnames[lang], dataset.templates[lang], batch_size, progress)
+        results[lang] = classification_metrics(image_emb @ classes.T, labels)
+    return results

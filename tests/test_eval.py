@@ -1,0 +1,453 @@
+"""Evaluation: metrics on constructed cases with known answers, dataset readers, and the report (fake models)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sys
+import tarfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dcclip.eval.alignment import alignment_scores, evaluate_alignment
+from dcclip.eval.datasets import ClassificationDataset, DatasetError, RetrievalDataset, open_dataset
+from dcclip.eval.report import chart_filename, draw_chart, run_eval
+from dcclip.eval.retrieval import evaluate_retrieval, recall_at_k
+from dcclip.eval.zeroshot import classification_metrics, evaluate_zeroshot, zeroshot_classifier
+
+# --------------------------------------------------------------------------------------------------------------------
+# Helpers: images that carry their index, fake models, datasets written in the clip_benchmark layout
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def index_png(index: int, size: int = 8) -> bytes:
+    """A lossless PNG whose pixels encode ``index``, so a fake model can recognise the image."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (index % 256, index // 256, 7)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def image_index(image: Image.Image) -> int:
+    """The index a test image carries."""
+    red, green, _ = image.convert("RGB").getpixel((0, 0))
+    return red + 256 * green
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+class FakeModel:
+    """An EmbeddingModel whose embeddings are chosen by the test: images by their carried index, texts by content."""
+
+    def __init__(self, name: str, image_fn: Callable[[int], np.ndarray], text_fn: Callable[[str], np.ndarray]):
+        self.name = name
+        self.image_fn = image_fn
+        self.text_fn = text_fn
+        self.image_calls = 0
+
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        self.image_calls += 1
+        return unit(np.stack([self.image_fn(image_index(im)) for im in images]))
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        return unit(np.stack([self.text_fn(t) for t in texts]))
+
+
+def hashed_vector(text: str, dim: int = 16) -> np.ndarray:
+    """A random but stable vector per text."""
+    return np.random.default_rng(zlib.crc32(text.encode("utf-8"))).standard_normal(dim)
+
+
+def write_wds(split_dir: Path, samples: list[dict[str, bytes]], shard_size: int = 4) -> None:
+    """clip_benchmark shards 0.tar..n-1.tar plus nshards.txt."""
+    split_dir.mkdir(parents=True, exist_ok=True)
+    shards = [samples[i : i + shard_size] for i in range(0, len(samples), shard_size)]
+    for n, shard in enumerate(shards):
+        with tarfile.open(split_dir / f"{n}.tar", "w") as tar:
+            for i, fields in enumerate(shard, start=n * shard_size):
+                for ext, data in sorted(fields.items()):
+                    info = tarfile.TarInfo(f"s{i:04d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    (split_dir / "nshards.txt").write_text(f"{len(shards)}\n")
+
+
+def write_json(path: Path, payload: object) -> None:
+    path.write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
+
+
+# The known-answer zero-shot case: 8 classes, 10 images; the rank of each image's true class is chosen.
+LABELS = [0, 0, 1, 1, 2, 2, 3, 4, 5, 6]  # class 7 has no image
+TRUE_RANKS = [0, 1, 0, 4, 0, 0, 0, 0, 0, 6]  # 7 right at top-1; ranks 1 and 4 are top-5 hits, rank 6 is a miss
+N_CLASSES = 8
+
+
+def ranked_image_vector(index: int) -> np.ndarray:
+    """Class scores of image ``index`` with its true class at position TRUE_RANKS[index] (scores 8, 7, ... 1)."""
+    label, rank = LABELS[index], TRUE_RANKS[index]
+    others = [c for c in range(N_CLASSES) if c != label]
+    order = [*others[:rank], label, *others[rank:]]
+    scores = np.zeros(N_CLASSES)
+    scores[order] = np.arange(N_CLASSES, 0, -1)
+    return scores
+
+
+def class_text_vector(text: str) -> np.ndarray:
+    """One-hot of the class id written in a prompt (``c3`` -> e3)."""
+    return np.eye(N_CLASSES)[int(re.search(r"c(\d)", text).group(1))]
+
+
+def ranked_model(name: str = "ranked") -> FakeModel:
+    return FakeModel(name, ranked_image_vector, class_text_vector)
+
+
+def write_classification_set(root: Path, langs: tuple[str, ...] = ("en", "fr")) -> Path:
+    """The known-answer set in clip_benchmark layout: English in .txt, every language in the JSON files."""
+    write_wds(root / "test", [{"png": index_png(i), "cls": str(y).encode()} for i, y in enumerate(LABELS)])
+    names = {lang: [f"{lang}-c{c}" for c in range(N_CLASSES)] for lang in langs}
+    templates = {lang: [f"{lang} photo of {{c}}.", f"{lang} drawing of {{c}}."] for lang in langs}
+    (root / "classnames.txt").write_text("\n".join(names["en"]) + "\n")
+    (root / "zeroshot_classification_templates.txt").write_text("\n".join(templates["en"]) + "\n")
+    write_json(root / "classnames.json", {k: v for k, v in names.items() if k != "en"})
+    write_json(root / "templates.json", {k: v for k, v in templates.items() if k != "en"})
+    return root
+
+
+# Retrieval: 6 images; captions per language; sample 5 has no German caption.
+RETRIEVAL_LANGS = ("en", "fr", "de")
+
+
+def retrieval_captions(i: int) -> dict[str, list[str]]:
+    """Two English captions and one caption in each other language (none in German for sample 5)."""
+    caps = {"en": [f"en image {i} first", f"en image {i} second"], "fr": [f"fr image {i}"], "de": [f"de image {i}"]}
+    if i == 5:
+        del caps["de"]
+    return caps
+
+
+def write_retrieval_set(root: Path, n: int = 6) -> Path:
+    samples = []
+    for i in range(n):
+        caps = retrieval_captions(i)
+        meta = {"captions": {lang: texts[0] for lang, texts in caps.items()}}
+        samples.append({"jpg": index_png(i), "txt": "\n".join(caps["en"]).encode(), "json": json.dumps(meta).encode()})
+    write_wds(root / "test", samples, shard_size=4)
+    (root / "dataset_type.txt").write_text("retrieval\n")
+    return root
+
+
+def caption_index(text: str) -> int:
+    return int(re.search(r"image (\d+)", text).group(1))
+
+
+def oracle_retrieval_model(name: str = "oracle", dim: int = 16) -> FakeModel:
+    """Images and every caption of the same sample share one embedding: perfect retrieval in every language."""
+    table = unit(np.random.default_rng(0).standard_normal((64, dim)))
+    return FakeModel(name, lambda i: table[i], lambda t: table[caption_index(t)])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Zero-shot
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_zeroshot_known_answer(tmp_path):
+    ds = open_dataset(write_classification_set(tmp_path / "cls"))
+    assert isinstance(ds, ClassificationDataset) and ds.langs == ["en", "fr"]
+    model = ranked_model()
+    results = evaluate_zeroshot(model, ds, ["en", "fr"], batch_size=3)
+    per_class = [1 / 2, 1 / 2, 1, 1, 1, 1, 0]  # class 7 has no image and does not count
+    for lang in ("en", "fr"):
+        assert results[lang]["top1"] == pytest.approx(0.7, abs=1e-12)
+        assert results[lang]["top5"] == pytest.approx(0.9, abs=1e-12)
+        assert results[lang]["mean_per_class_recall"] == pytest.approx(np.mean(per_class), abs=1e-12)
+        assert results[lang]["n"] == 10
+    assert model.image_calls == 4  # 10 images in batches of 3, embedded once for both languages
+
+
+def test_classification_metrics_ties_count_against_the_model():
+    logits = np.zeros((4, 6))
+    metrics = classification_metrics(logits, np.array([0, 1, 2, 3]))
+    assert metrics["top1"] == 0.0 and metrics["top5"] == 0.0 and metrics["mean_per_class_recall"] == 0.0
+
+
+def test_zeroshot_classifier_is_normalised_mean_of_normalised_templates():
+    vectors = {
+        "a cat": np.array([3.0, 0.0, 0.0]),
+        "the cat": np.array([0.0, 1.0, 0.0]),
+        "a dog": np.array([0.0, 0.0, 5.0]),
+        "the dog": np.array([0.0, 2.0, 2.0]),
+    }
+    raw = FakeModel("raw", lambda i: np.ones(3), lambda t: vectors[t])
+    raw.embed_texts = lambda texts: np.stack([vectors[t] for t in texts])  # unnormalised on purpose
+    classes = zeroshot_classifier(raw, ["cat", "dog"], ["a {c}", "the {c}"])
+    expected = unit(
+        np.stack(
+            [
+                unit(vectors["a cat"]) + unit(vectors["the cat"]),
+                unit(vectors["a dog"]) + unit(vectors["the dog"]),
+            ]
+        )
+    )
+    np.testing.assert_allclose(classes, expected, atol=1e-6)
+    # Averaging the raw vectors would give a different direction: the test can tell the two recipes apart.
+    assert not np.allclose(unit(vectors["a cat"] + vectors["the cat"]), expected[0], atol=1e-3)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Retrieval
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_recall_at_k_hand_computed():
+    similarity = np.array(
+        [
+            [0.9, 0.1, 0.2, 0.0],  # text 0 -> image 0: rank 0
+            [0.1, 0.5, 0.3, 0.0],  # text 1 -> image 0: rank 2
+            [0.2, 0.8, 0.1, 0.0],  # text 2 -> image 1: rank 0
+            [0.7, 0.6, 0.0, 0.0],  # text 3 -> image 1: rank 1
+            [0.3, 0.3, 0.3, 0.0],  # text 4 -> image 2: three-way tie, counted as rank 2
+        ]
+    )
+    # Image 3 has no caption: a candidate for text->image, not a query for image->text.
+    out = recall_at_k(similarity, [0, 0, 1, 1, 2], ks=(1, 2, 3))
+    assert out["t2i_R@1"] == pytest.approx(2 / 5)
+    assert out["t2i_R@2"] == pytest.approx(3 / 5)
+    assert out["t2i_R@3"] == pytest.approx(5 / 5)
+    # image 0: best caption 0.9, no other caption as high -> rank 0; image 1: best 0.8 -> rank 0;
+    # image 2: its caption scores 0.3 and text 1 also scores 0.3 -> rank 1.
+    assert out["i2t_R@1"] == pytest.approx(2 / 3)
+    assert out["i2t_R@2"] == pytest.approx(1.0)
+    assert out["i2t_R@3"] == pytest.approx(1.0)
+
+
+def test_recall_at_k_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="n_texts"):
+        recall_at_k(np.zeros((3, 2)), [0, 1])
+    with pytest.raises(ValueError, match="outside"):
+        recall_at_k(np.zeros((2, 2)), [0, 2])
+
+
+def test_retrieval_reads_captions_and_scores_per_language(tmp_path):
+    ds = open_dataset(write_retrieval_set(tmp_path / "ret"))
+    assert isinstance(ds, RetrievalDataset)
+    assert ds.langs == ["en", "fr", "de"]
+    samples = list(ds.samples())
+    assert samples[0].captions["en"] == ["en image 0 first", "en image 0 second"]  # txt lines, several per image
+    assert "de" not in samples[5].captions
+    results = evaluate_retrieval(oracle_retrieval_model(), ds, batch_size=4)
+    for lang in RETRIEVAL_LANGS:
+        assert all(results[lang][m] == 1.0 for m in ("i2t_R@1", "t2i_R@1", "t2i_R@10"))
+        assert results[lang]["n_images"] == 6
+    assert (results["en"]["n_texts"], results["fr"]["n_texts"], results["de"]["n_texts"]) == (12, 6, 5)
+    constant = FakeModel("constant", lambda i: np.ones(4), lambda t: np.ones(4))
+    assert evaluate_retrieval(constant, ds, ["fr"])["fr"]["t2i_R@1"] == 0.0
+
+
+def test_retrieval_max_samples_and_missing_language(tmp_path):
+    ds = open_dataset(write_retrieval_set(tmp_path / "ret"), max_samples=3)
+    assert len(list(ds.samples())) == 3
+    with pytest.raises(DatasetError, match=r"'ja'"):
+        evaluate_retrieval(oracle_retrieval_model(), ds, ["ja"])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Alignment
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_alignment_perfect_for_translation_invariant_encoder_and_chance_for_random(tmp_path):
+    root = tmp_path / "ret"
+    samples = []
+    for i in range(40):
+        caps = {"en": f"en image {i}", "fr": f"fr image {i}", "de": f"de image {i}"}
+        samples.append({"jpg": b"not decoded", "json": json.dumps({"captions": caps}).encode()})
+    write_wds(root / "test", samples, shard_size=16)
+    (root / "dataset_type.txt").write_text("retrieval\n")
+    ds = open_dataset(root)
+    keyed = FakeModel("keyed", lambda i: np.ones(16), lambda t: hashed_vector(f"sample {caption_index(t)}"))
+    aligned = evaluate_alignment(keyed, ds)
+    assert sorted(aligned) == ["de", "fr"]
+    for figures in aligned.values():
+        assert figures["retrieval_acc"] == 1.0 and figures["retrieval_acc_en"] == 1.0
+        assert figures["cos_pairs"] == pytest.approx(1.0, abs=1e-6)
+        assert figures["gap"] > 0.8 and figures["n"] == 40
+    random_model = FakeModel("random", lambda i: np.ones(16), hashed_vector)
+    scores = evaluate_alignment(random_model, ds, ["fr"])["fr"]
+    assert scores["retrieval_acc"] <= 0.15  # chance is 1/40
+    assert abs(scores["gap"]) < 0.2
+
+
+def test_alignment_scores_constant_encoder_is_zero():
+    emb = unit(np.ones((5, 3)))
+    figures = alignment_scores(emb, emb)
+    assert figures["retrieval_acc"] == 0.0 and figures["gap"] == pytest.approx(0.0, abs=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Dataset readers and their errors
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_missing_class_name_for_a_language_names_language_and_file(tmp_path):
+    root = write_classification_set(tmp_path / "cls")
+    names = json.loads((root / "classnames.json").read_text())
+    names["fr"] = names["fr"][:-1]
+    write_json(root / "classnames.json", names)
+    with pytest.raises(DatasetError, match=r"classnames\.json.*'fr'"):
+        open_dataset(root)
+
+
+def test_language_without_templates_or_names_names_language_and_file(tmp_path):
+    root = write_classification_set(tmp_path / "cls")
+    names = json.loads((root / "classnames.json").read_text())
+    write_json(root / "classnames.json", {**names, "de": [f"de-c{c}" for c in range(N_CLASSES)]})
+    ds = open_dataset(root)
+    with pytest.raises(DatasetError, match=r"templates\.json.*'de'"):
+        evaluate_zeroshot(ranked_model(), ds, ["de"])
+    with pytest.raises(DatasetError, match=r"classnames\.json.*'ja'"):
+        evaluate_zeroshot(ranked_model(), ds, ["ja"])
+
+
+def test_template_without_placeholder_names_language_and_file(tmp_path):
+    root = write_classification_set(tmp_path / "cls")
+    write_json(root / "templates.json", {"fr": ["une photo de {c}.", "une photo"]})
+    with pytest.raises(DatasetError, match=r"templates\.json.*'fr'"):
+        open_dataset(root)
+    write_json(root / "templates.json", {"fr": []})
+    with pytest.raises(DatasetError, match=r"templates\.json.*'fr'"):
+        open_dataset(root)
+
+
+def test_wds_layout_errors_name_the_file(tmp_path):
+    root = write_classification_set(tmp_path / "cls")
+    (root / "test" / "1.tar").unlink()
+    with pytest.raises(DatasetError, match=r"1\.tar"):
+        open_dataset(root)
+    (root / "test" / "nshards.txt").unlink()
+    with pytest.raises(DatasetError, match=r"nshards\.txt"):
+        open_dataset(root)
+
+
+def test_max_samples_limits_classification(tmp_path):
+    ds = open_dataset(write_classification_set(tmp_path / "cls"), max_samples=4)
+    assert [label for _, label in ds.samples()] == LABELS[:4]
+
+
+def test_imagefolder_with_folder_names_and_multilingual_json(tmp_path):
+    root = tmp_path / "folder"
+    for label, folder in enumerate(["c0_cat", "c1_dog", "c2_bird"]):
+        (root / folder).mkdir(parents=True)
+        for j in range(2):
+            (root / folder / f"{j}.png").write_bytes(index_png(3 * label + j))
+    (root / ".cache").mkdir()  # hidden folders are not classes
+    ds = open_dataset(root)
+    assert isinstance(ds, ClassificationDataset) and ds.layout == "imagefolder"
+    assert ds.classnames["en"] == ["c0 cat", "c1 dog", "c2 bird"]
+    assert ds.templates["en"] == ["a photo of a {c}."]
+    assert [label for _, label in ds.samples()] == [0, 0, 1, 1, 2, 2]
+    model = FakeModel("folder", lambda i: np.eye(3)[i // 3], lambda t: np.eye(3)[int(re.search(r"c(\d)", t)[1])])
+    assert evaluate_zeroshot(model, ds, ["en"])["en"]["top1"] == 1.0
+    write_json(root / "classnames.json", {"fr": ["c0 chat", "c1 chien", "c2 oiseau"]})
+    write_json(root / "templates.json", {"fr": ["une photo de {c}."]})
+    ds = open_dataset(root)
+    assert evaluate_zeroshot(model, ds, ["fr"])["fr"]["top1"] == 1.0
+    write_json(root / "classnames.json", {"fr": ["c0 chat", "c1 chien"]})
+    with pytest.raises(DatasetError, match=r"classnames\.json.*'fr'"):
+        open_dataset(root)
+
+
+def test_task_needs_the_right_kind_of_dataset(tmp_path):
+    cls_root = write_classification_set(tmp_path / "cls")
+    with pytest.raises(DatasetError, match="retrieval set"):
+        run_eval("retrieval", [oracle_retrieval_model()], cls_root, None, tmp_path / "out")
+    with pytest.raises(ValueError, match="unknown eval task"):
+        run_eval("captioning", [oracle_retrieval_model()], cls_root, None, tmp_path / "out")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _markdown_cells(md: str) -> dict[str, dict[str, float]]:
+    """Parse the figures table of report.md: {row label: {column header: value}}."""
+    lines = [line for line in md.splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    table = {}
+    for line in lines[1:]:
+        cells = [cell.strip().strip("*") for cell in line.strip("|").split("|")]
+        if cells[0] == "model":
+            break
+        table[cells[0]] = {h: float(c) for h, c in zip(header[1:], cells[1:], strict=True)}
+    return table
+
+
+def test_run_eval_compare_writes_report_markdown_and_charts(tmp_path):
+    root = write_classification_set(tmp_path / "cls")
+    flat = FakeModel("flat", lambda i: hashed_vector(f"image {i}", N_CLASSES), lambda t: hashed_vector(t, N_CLASSES))
+    out = tmp_path / "report"
+    report = run_eval("zeroshot", [ranked_model(), flat], root, None, out, batch_size=4, progress=False)
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["results"] == report["results"]
+    assert saved["task"] == "zeroshot" and saved["dataset"]["samples"] == 10 and saved["dataset"]["classes"] == 8
+    assert [m["name"] for m in saved["models"]] == ["ranked", "flat"]
+    assert saved["results"]["ranked"]["fr"]["top1"] == pytest.approx(0.7)
+    assert saved["mean"]["ranked"]["top5"] == pytest.approx(0.9)
+    assert set(saved["langs"]) == {"en", "fr"}
+    assert all(m["seconds"]["eval"] >= 0 for m in saved["models"])
+
+    cells = _markdown_cells((out / "report.md").read_text())
+    assert set(cells) == {*saved["langs"], "mean"}
+    for model in ("ranked", "flat"):
+        for metric in saved["metrics"]:
+            for lang in saved["langs"]:
+                assert cells[lang][f"{model} {metric}"] == pytest.approx(
+                    saved["results"][model][lang][metric], abs=5e-5
+                )
+            assert cells["mean"][f"{model} {metric}"] == pytest.approx(saved["mean"][model][metric], abs=5e-5)
+
+    for metric in saved["metrics"]:
+        png = out / chart_filename("zeroshot", metric)
+        assert png.is_file() and Image.open(png).format == "PNG"
+        heights = [patch.get_height() for patch in draw_chart(saved, metric).axes[0].patches]
+        expected = [
+            *(saved["results"]["ranked"][lang][metric] for lang in saved["langs"]),
+            saved["mean"]["ranked"][metric],
+            *(saved["results"]["flat"][lang][metric] for lang in saved["langs"]),
+            saved["mean"]["flat"][metric],
+        ]
+        np.testing.assert_allclose(heights, expected)
+    assert not list(out.glob(".*tmp*")), "no temporary files are left behind"
+
+
+def test_run_eval_retrieval_and_alignment_reports(tmp_path):
+    root = write_retrieval_set(tmp_path / "ret")
+    models = [oracle_retrieval_model(), FakeModel("random", lambda i: hashed_vector(str(i)), hashed_vector)]
+    report = run_eval("retrieval", models, root, ["en", "de"], tmp_path / "r", progress=False)
+    assert report["langs"] == ["en", "de"]
+    assert report["results"]["oracle"]["de"]["i2t_R@1"] == 1.0
+    assert (tmp_path / "r" / chart_filename("retrieval", "t2i_R@5")).is_file()
+    aligned = run_eval("alignment", models, root, None, tmp_path / "a", progress=False, names=["A", "B"])
+    assert aligned["langs"] == ["fr", "de"] and aligned["results"]["A"]["fr"]["retrieval_acc"] == 1.0
+    assert aligned["dataset"]["samples"] == 6
+    saved = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert saved["metrics"] == ["retrieval_acc", "retrieval_acc_en", "cos_pairs", "cos_random", "gap"]
+    with pytest.raises(ValueError, match="unique"):
+        run_eval("alignment", models, root, None, tmp_path / "b", names=["A", "A"])
+
+
+def test_report_without_matplotlib_skips_charts(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    report = run_eval("zeroshot", [ranked_model()], write_classification_set(tmp_path / "cls"), ["en"], tmp_path / "o")
+    assert report["files"]["charts"] == {} and not list((tmp_path / "o").glob("*.png"))
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["results"]["ranked"]["en"]["top1"] == 0.7
