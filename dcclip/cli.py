@@ -133,6 +133,25 @@ def _cmd_teacher_train_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from dcclip.eval.report import run_eval
+
+    report = run_eval(
+        args.eval_task,
+        args.model,
+        Path(args.dataset),
+        _split_list(args.langs),
+        Path(args.out),
+        batch_size=args.batch_size,
+        max_samples=args.max_samples,
+        device=args.device,
+        names=_split_list(args.names),
+        teacher_text=args.teacher_text or "",
+    )
+    print((Path(report["out_dir"]) / "report.md").read_text(encoding="utf-8"))
+    return 0
+
+
 def _split_list(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
@@ -229,6 +248,34 @@ def _add_teacher(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=_cmd_teacher_train_demo)
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="zero-shot, retrieval and cross-lingual alignment evaluation per language")
+    tasks = p.add_subparsers(dest="eval_task", required=True, metavar="{zeroshot,retrieval,alignment}")
+    helps = {
+        "zeroshot": "zero-shot classification: top-1, top-5, mean per-class recall per language",
+        "retrieval": "image-text retrieval: recall@1/5/10 both ways per language",
+        "alignment": "cross-lingual alignment of the text tower from parallel captions (no images)",
+    }
+    for task, text in helps.items():
+        t = tasks.add_parser(task, help=text)
+        t.add_argument(
+            "--model",
+            action="append",
+            required=True,
+            help="a student checkpoint or run dir, a teacher spec (openclip:..., hf:...) or a bundle dir "
+            "(BUNDLE@int8 for its int8 models); repeat to compare",
+        )
+        t.add_argument("--dataset", required=True, help="clip_benchmark WDS directory or ImageFolder")
+        t.add_argument("--langs", default=None, help="comma-separated languages (default: all the dataset has)")
+        t.add_argument("--out", required=True, help="report directory (report.json, report.md, charts)")
+        t.add_argument("--names", default=None, help="comma-separated labels for the models in the report")
+        t.add_argument("--teacher-text", default=None, help="multilingual text teacher for teacher specs (mclip:DIR)")
+        t.add_argument("--batch-size", type=int, default=64)
+        t.add_argument("--max-samples", type=int, default=None)
+        t.add_argument("--device", default="cpu")
+        t.set_defaults(func=_cmd_eval)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_world,
     _add_shards,
@@ -236,6 +283,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_models,
     _add_teacher,
     _add_stages,
+    _add_eval,
 ]
 
 

@@ -26,6 +26,10 @@ COMMANDS = [
     ["distill"],
     ["align"],
     ["cache-teacher"],
+    ["eval"],
+    ["eval", "zeroshot"],
+    ["eval", "retrieval"],
+    ["eval", "alignment"],
 ]
 
 
