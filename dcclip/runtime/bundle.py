@@ -1,0 +1,287 @@
+"""Read, verify and run an exported bundle with onnxruntime: no torch, no transformers.
+
+A bundle is a directory of ``image[.int8].onnx``, ``text[.int8].onnx``, ``tokenizer.json`` and ``manifest.json``. The
+manifest records the sha256 and size of every file; ``verify_bundle`` refuses a bundle whose files do not match, and
+``read_manifest`` refuses a format version this runtime does not know, each with a message naming the file or version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from dcclip.models.tokenizers import TextTokenizer
+from dcclip.runtime.errors import (
+    BundleError,
+    BundleIntegrityError,
+    BundleVersionError,
+    InvalidImageError,
+    InvalidInputError,
+    InvalidTextError,
+)
+from dcclip.runtime.preprocess import ImageDecodeError, Preprocess, decode_image
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "FORMAT_VERSION",
+    "MANIFEST_FILE",
+    "SUPPORTED_VERSIONS",
+    "BundleModel",
+    "ImageInput",
+    "bundle_file",
+    "load_bundle_model",
+    "read_manifest",
+    "sha256_file",
+    "verify_bundle",
+]
+
+BUNDLE_FORMAT = "dcclip-bundle"
+FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+MANIFEST_FILE = "manifest.json"
+TOKENIZER_FILE = "tokenizer.json"
+PRECISIONS = ("fp32", "int8")
+IMAGE_INPUT, IMAGE_OUTPUT = "pixel_values", "image_embeds"
+TEXT_INPUTS, TEXT_OUTPUT = ("input_ids", "attention_mask"), "text_embeds"
+DEFAULT_MAX_BATCH = 32
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000  # refuse decompression bombs from the header
+REQUIRED_KEYS = ("embed_dim", "image_preprocess", "text_max_length", "precisions", "files")
+
+ImageInput = Image.Image | bytes | bytearray | str | os.PathLike
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _manifest_path(path: str | os.PathLike) -> Path:
+    """A bundle directory or its manifest.json -> the manifest path."""
+    location = Path(path)
+    return location if location.name == MANIFEST_FILE and location.is_file() else location / MANIFEST_FILE
+
+
+def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a bundle (directory or manifest.json), after checking its format and version."""
+    manifest_path = _manifest_path(path)
+    try:
+        manifest = json.loads(manifest_path.read_text("utf-8"))
+    except FileNotFoundError as exc:
+        raise BundleError(f"{manifest_path.parent}: not a dcclip bundle (no {MANIFEST_FILE})") from exc
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{manifest_path}: unreadable manifest ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BundleError(f"{manifest_path}: format is {found!r}, expected {BUNDLE_FORMAT!r}")
+    version = manifest.get("format_version")
+    if isinstance(version, bool) or version not in SUPPORTED_VERSIONS:
+        raise BundleVersionError(
+            f"{manifest_path}: bundle format_version {version!r} is not supported by this runtime "
+            f"(it reads {list(SUPPORTED_VERSIONS)}); upgrade dcclip or re-export the bundle",
+            version,
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in manifest]
+    if missing:
+        raise BundleError(f"{manifest_path}: manifest lacks {missing}")
+    return manifest
+
+
+def verify_bundle(path: str | os.PathLike) -> dict[str, Any]:
+    """Check every file the manifest lists against its recorded size and sha256; returns the manifest."""
+    manifest = read_manifest(path)
+    root = _manifest_path(path).parent
+    for name, entry in manifest["files"].items():
+        _check_file(root, name, entry)
+    return manifest
+
+
+def _check_file(root: Path, name: str, entry: dict[str, Any]) -> None:
+    """One listed file: a plain name inside the bundle, present, of the recorded size and sha256."""
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise BundleIntegrityError(f"{root}: manifest lists {name!r}, which is not a file name inside the bundle", name)
+    file = root / name
+    if not file.is_file():
+        raise BundleIntegrityError(f"{file}: listed in the manifest but missing", name)
+    size = file.stat().st_size
+    if "bytes" in entry and size != entry["bytes"]:
+        raise BundleIntegrityError(f"{file}: {size} bytes, the manifest records {entry['bytes']} (modified?)", name)
+    actual = sha256_file(file)
+    if actual != entry.get("sha256"):
+        raise BundleIntegrityError(
+            f"{file}: sha256 {actual} does not match the manifest's {entry.get('sha256')} (modified or corrupt)", name
+        )
+
+
+def bundle_file(manifest: dict[str, Any], role: str, precision: str) -> str:
+    """Name of the file holding ``role`` ('image'/'text') at ``precision``; BundleError listing what there is."""
+    for name, entry in manifest["files"].items():
+        if entry.get("role") == role and entry.get("precision") == precision:
+            return name
+    raise BundleError(f"bundle has no {precision} {role} tower (precisions: {manifest.get('precisions')})")
+
+
+class BundleModel:
+    """Image and text sessions of one precision, the tokenizer and the preprocessing of a bundle; thread-safe."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        precision: str = "fp32",
+        *,
+        intra_op_num_threads: int | None = None,
+        inter_op_num_threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        max_batch_size: int = DEFAULT_MAX_BATCH,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        verify: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.manifest = verify_bundle(self.path) if verify else read_manifest(self.path)
+        if precision not in self.manifest["precisions"]:
+            raise BundleError(f"{self.path}: no {precision!r} models in this bundle ({self.manifest['precisions']})")
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be a positive int, got {max_batch_size!r}")
+        self.precision = precision
+        self.max_batch_size = max_batch_size
+        self.max_image_pixels = max_image_pixels
+        self.session_options = make_session_options(intra_op_num_threads, inter_op_num_threads)
+        self.providers = list(providers) if providers else ["CPUExecutionProvider"]
+        self.image_session = self._session("image", (IMAGE_INPUT,), IMAGE_OUTPUT)
+        self.text_session = self._session("text", TEXT_INPUTS, TEXT_OUTPUT)
+        self.tokenizer = self._tokenizer()
+        self.preprocess = Preprocess.from_config(self.manifest["image_preprocess"])
+
+    def _session(self, role: str, inputs: tuple[str, ...], output: str) -> ort.InferenceSession:
+        """An inference session for one tower, after checking its input and output names."""
+        file = self.path / bundle_file(self.manifest, role, self.precision)
+        session = ort.InferenceSession(str(file), self.session_options, providers=self.providers)
+        names_in = tuple(item.name for item in session.get_inputs())
+        names_out = tuple(item.name for item in session.get_outputs())
+        if names_in != inputs or names_out[:1] != (output,):
+            raise BundleError(f"{file}: graph takes {names_in} -> {names_out}, expected {inputs} -> ({output},)")
+        return session
+
+    def _tokenizer(self) -> TextTokenizer:
+        """The bundle's tokenizer, whose pad id must be the one the manifest records."""
+        tokenizer = TextTokenizer.from_path(self.path / TOKENIZER_FILE)
+        expected = self.manifest.get("pad_id")
+        if expected is not None and tokenizer.pad_id != expected:
+            raise BundleError(f"{self.path}: tokenizer pad id {tokenizer.pad_id} != manifest pad_id {expected}")
+        return tokenizer
+
+    @property
+    def embed_dim(self) -> int:
+        """Width of the shared embedding space."""
+        return int(self.manifest["embed_dim"])
+
+    @property
+    def logit_scale(self) -> float:
+        """Multiplier of cosine similarities before a softmax (CLIP's temperature, inverted)."""
+        return float(self.manifest.get("logit_scale", 100.0))
+
+    @property
+    def languages(self) -> list[str]:
+        """Languages the student was trained for (empty: not recorded)."""
+        return list(self.manifest.get("languages") or [])
+
+    @property
+    def text_max_length(self) -> int:
+        """Tokens per text after truncation (the text tower's position table)."""
+        return int(self.manifest["text_max_length"])
+
+    def load_image(self, item: ImageInput) -> Image.Image:
+        """A PIL image from a PIL image, encoded bytes or a file path; InvalidImageError otherwise."""
+        if isinstance(item, Image.Image):
+            return item
+        if isinstance(item, bytes | bytearray | memoryview):
+            data = bytes(item)
+        elif isinstance(item, str | os.PathLike):
+            try:
+                data = Path(item).read_bytes()
+            except OSError as exc:
+                raise InvalidImageError(f"cannot read image file {item}: {exc}") from exc
+        else:
+            raise InvalidImageError(f"an image must be a PIL image, bytes or a path, got {type(item).__name__}")
+        try:
+            return decode_image(data, max_pixels=self.max_image_pixels)
+        except ImageDecodeError as exc:
+            raise InvalidImageError(str(exc)) from exc
+
+    def embed_images(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Images -> L2-normalised float32 embeddings [N, D], run in batches of at most ``max_batch_size``."""
+        _check_sequence(images, "images", InvalidImageError)
+        out = []
+        for start in range(0, len(images), self.max_batch_size):  # decode per batch: memory stays bounded
+            chunk = images[start : start + self.max_batch_size]
+            out.append(self.embed_pixels(np.stack([self.preprocess(self.load_image(item)) for item in chunk])))
+        return _as_embeddings(out, self.embed_dim)
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Preprocessed pixels [N, 3, S, S] float32 -> embeddings [N, D]."""
+        size = self.preprocess.image_size
+        if not isinstance(pixels, np.ndarray) or pixels.ndim != 4 or pixels.shape[1:] != (3, size, size):
+            shape = getattr(pixels, "shape", None)
+            raise InvalidImageError(f"pixels must be a float array [N, 3, {size}, {size}], got shape {shape}")
+        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        out = [
+            self.image_session.run([IMAGE_OUTPUT], {IMAGE_INPUT: pixels[i : i + self.max_batch_size]})[0]
+            for i in range(0, len(pixels), self.max_batch_size)
+        ]
+        return _as_embeddings(out, self.embed_dim)
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts -> L2-normalised float32 embeddings [N, D] (truncated to ``text_max_length`` tokens)."""
+        _check_sequence(texts, "texts", InvalidTextError)
+        for index, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InvalidTextError(f"texts[{index}] is {type(text).__name__}, expected str")
+        out = []
+        for start in range(0, len(texts), self.max_batch_size):
+            ids, mask = self.tokenizer.encode(list(texts[start : start + self.max_batch_size]), self.text_max_length)
+            out.append(self.text_session.run([TEXT_OUTPUT], {TEXT_INPUTS[0]: ids, TEXT_INPUTS[1]: mask})[0])
+        return _as_embeddings(out, self.embed_dim)
+
+    def __repr__(self) -> str:
+        """Short description for logs."""
+        return f"BundleModel({str(self.path)!r}, precision={self.precision!r}, providers={self.providers})"
+
+
+def make_session_options(intra_op_num_threads: int | None, inter_op_num_threads: int | None) -> ort.SessionOptions:
+    """onnxruntime session options with the requested thread counts (None: onnxruntime's default)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if intra_op_num_threads is not None:
+        options.intra_op_num_threads = int(intra_op_num_threads)
+    if inter_op_num_threads is not None:
+        options.inter_op_num_threads = int(inter_op_num_threads)
+    return options
+
+
+def _check_sequence(items: Any, what: str, error: type[InvalidInputError]) -> None:
+    """A list or tuple (one bare image, path or string is a mistake worth naming)."""
+    if not isinstance(items, list | tuple):
+        raise error(f"{what} must be a list, got {type(items).__name__} (wrap a single item in a list)")
+
+
+def _as_embeddings(chunks: list[np.ndarray], dim: int) -> np.ndarray:
+    """Concatenate batch outputs into one contiguous float32 [N, D] array."""
+    if not chunks:
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
+
+
+def load_bundle_model(path: str | os.PathLike, precision: str = "fp32", **session_options: Any) -> BundleModel:
+    """Open a bundle for inference (options: intra_op_num_threads, inter_op_num_threads, providers, max_batch_size)."""
+    return BundleModel(path, precision, **session_options)

@@ -1,0 +1,90 @@
+"""Shared builders for the export and runtime tests: a tiny real student checkpoint and its bundle, built once.
+
+Not a test module by content: pytest collects it (the name matches) and finds no tests. The bundle is cached under
+pytest's base temporary directory so that test_export.py and test_runtime.py share one export per session.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from conftest import CAPTIONS, write_shard_set
+from PIL import Image
+
+TEST_LANGS = list(CAPTIONS)
+
+
+def make_checkpoint(root: Path, name: str = "test-student", langs: list[str] | None = None, seed: int = 0) -> Path:
+    """Train a tokenizer, build a real student with random weights and save it as a checkpoint under ``root``."""
+    import torch
+
+    from dcclip.engine.checkpoint import write_checkpoint
+    from dcclip.models.students import build_student, student_preprocess
+    from dcclip.models.tokenizers import TextTokenizer, train_tokenizer
+
+    texts = [f"{text} {i}" for i in range(50) for text in CAPTIONS.values()]
+    tok_path = train_tokenizer(texts, 300, root / "tokenizer")
+    tok = TextTokenizer.from_path(tok_path)
+    torch.manual_seed(seed)
+    student = build_student(name, embed_dim=32, fmap_channels=None, vocab_size=tok.vocab_size, pad_id=tok.pad_id)
+    config = {
+        "arch": student.arch,
+        "preprocess": student_preprocess(student.arch).to_dict(),
+        "tokenizer": "tokenizer.json",
+        "max_text_len": student.arch["text"]["max_length"],
+        "langs": TEST_LANGS if langs is None else langs,
+    }
+    return write_checkpoint(root / "run", 1, student, config, None, {"tokenizer.json": tok_path})
+
+
+def shared_bundle(base: Path) -> tuple[Path, Path, Path]:
+    """(bundle, checkpoint, shards) of the tiny test student at fp32 + int8, exported once per session."""
+    root = base / "shared-tiny-bundle"
+    bundle, checkpoint_file = root / "bundle", root / "checkpoint.txt"
+    if not (bundle / "manifest.json").is_file():
+        from dcclip.export.bundle import export_bundle
+
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        shards = write_shard_set(root / "shards", n=40, per_shard=10)
+        checkpoint = make_checkpoint(root)
+        export_bundle(checkpoint, bundle, "both", str(shards), None)
+        checkpoint_file.write_text(str(checkpoint))
+    return bundle, Path(checkpoint_file.read_text()), root / "shards"
+
+
+def image_bytes(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
+    """Encode a PIL image."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def scene(seed: int, size: tuple[int, int] = (57, 43)) -> Image.Image:
+    """A random RGB image with some structure (blocks of colour), different per seed."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(6, 5, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize(size, Image.Resampling.NEAREST)
+
+
+def write_eval_set(root: Path, n: int = 12) -> Path:
+    """A clip_benchmark-layout zero-shot set: classnames/templates JSON in three languages and one shard of jpg+cls."""
+    names = {"en": ["red", "green", "blue"], "fr": ["rouge", "vert", "bleu"], "zh": ["红色", "绿色", "蓝色"]}
+    templates = {"en": ["a {c} image", "{c}"], "fr": ["une image {c}"], "zh": ["{c}的图片"]}
+    (root / "test").mkdir(parents=True)
+    (root / "classnames.json").write_text(json.dumps(names, ensure_ascii=False), "utf-8")
+    (root / "templates.json").write_text(json.dumps(templates, ensure_ascii=False), "utf-8")
+    with tarfile.open(root / "test" / "0.tar", "w") as tar:
+        for i in range(n):
+            colour = np.zeros((40, 40, 3), np.uint8)
+            colour[..., i % 3] = 200
+            for ext, data in (("cls", str(i % 3).encode()), ("jpg", image_bytes(Image.fromarray(colour), "JPEG"))):
+                info = tarfile.TarInfo(f"{i:04d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return root
