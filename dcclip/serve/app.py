@@ -1,0 +1,155 @@
+"""The FastAPI application: zero-shot classification and embeddings over one bundle, with limits and JSON errors.
+
+``create_app`` loads the bundle once (failing at start-up, not at the first request) and wires the middleware, the
+error handlers and the routes; ``app_from_env`` is the factory uvicorn workers import when ``serve`` runs several.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from PIL import Image
+
+from dcclip import __version__
+from dcclip.serve.errors import ApiError, install_error_handlers
+from dcclip.serve.forms import PartLimits, media_type, parse_classify, read_form, read_images
+from dcclip.serve.limits import ServeLimits, ServeSettings
+from dcclip.serve.middleware import BodyLimitMiddleware, ErrorGuardMiddleware
+from dcclip.serve.schemas import (
+    ClassifyResponse,
+    EmbeddingsResponse,
+    TextEmbeddingsRequest,
+    api_description,
+    classify_openapi,
+    error_responses,
+    image_embeddings_openapi,
+)
+from dcclip.serve.service import Service, info_manifest
+
+__all__ = ["app_from_env", "create_app"]
+
+router = APIRouter()
+
+
+def get_service(request: Request) -> Service:
+    """The app's loaded service."""
+    return request.app.state.service
+
+
+def require_json(request: Request) -> None:
+    """415 unless the body is declared as JSON (application/json or any +json type)."""
+    found = media_type(request)
+    if found != "application/json" and not (found.startswith("application/") and found.endswith("+json")):
+        raise ApiError("unsupported_media_type", f"expected application/json, got {found or 'no Content-Type'}")
+
+
+def embeddings_body(embeddings: np.ndarray) -> JSONResponse:
+    """Embeddings as JSON lists with their count and width."""
+    rows, dim = embeddings.shape
+    return JSONResponse({"count": int(rows), "dim": int(dim), "embeddings": embeddings.tolist()})
+
+
+def ok(model: type) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses: ``model`` for 200 plus the error shapes (endpoints return JSONResponse: no re-validation)."""
+    return {200: {"model": model}, **error_responses(400, 413, 415, 422)}
+
+
+@router.post(
+    "/v1/classify",
+    openapi_extra=classify_openapi,
+    responses=ok(ClassifyResponse),
+    summary="Zero-shot classify uploaded images against free-text labels",
+)
+async def classify(request: Request) -> JSONResponse:
+    """Multipart images + labels (+ lang, top_k, templates) -> the top labels of every image with probabilities."""
+    service = get_service(request)
+    limits = service.limits
+    form = await read_form(request, PartLimits.classify(limits))
+    try:
+        query = await parse_classify(form, limits)
+    finally:
+        await form.close()
+    ranked = await service.run(service.classify, query)
+    results = [
+        {"filename": image.filename, "predictions": [{"label": label, "probability": p} for label, p in rows]}
+        for image, rows in zip(query.images, ranked, strict=True)
+    ]
+    return JSONResponse({"lang": query.lang, "top_k": query.top_k, "results": results})
+
+
+@router.post(
+    "/v1/embeddings/image",
+    openapi_extra=image_embeddings_openapi,
+    responses=ok(EmbeddingsResponse),
+    summary="Embed uploaded images",
+)
+async def embed_images(request: Request) -> JSONResponse:
+    """Multipart images -> L2-normalised image embeddings, one row per image."""
+    service = get_service(request)
+    limits = service.limits
+    form = await read_form(request, PartLimits.images(limits))
+    try:
+        uploads = await read_images(form, limits)
+    finally:
+        await form.close()
+    return embeddings_body(await service.run(service.embed_images, uploads))
+
+
+@router.post(
+    "/v1/embeddings/text",
+    dependencies=[Depends(require_json)],
+    responses=ok(EmbeddingsResponse),
+    summary="Embed texts",
+)
+async def embed_texts(body: TextEmbeddingsRequest, request: Request) -> JSONResponse:
+    """JSON ``{"texts": [...]}`` -> L2-normalised text embeddings, one row per text."""
+    service = get_service(request)
+    service.check_texts(body.texts)
+    return embeddings_body(await service.run(service.embed_texts, body.texts))
+
+
+@router.get("/v1/info", summary="The bundle's manifest (abridged), the precision in use and the limits")
+async def info(request: Request) -> dict[str, Any]:
+    """What this server runs and what it accepts, so clients can size their requests."""
+    service = get_service(request)
+    return {
+        "dcclip_version": __version__,
+        "bundle": service.bundle.name,
+        "precision": service.precision,
+        "languages": service.classifier.languages,
+        "limits": service.limits.to_dict(),
+        "label_cache": service.classifier.cache.info(),
+        "manifest": info_manifest(service.manifest),
+    }
+
+
+@router.get("/healthz", summary="Liveness: answers without touching the model")
+async def healthz() -> dict[str, str]:
+    """Always ``{"status": "ok"}`` while the event loop runs; never waits on inference."""
+    return {"status": "ok"}
+
+
+def create_app(
+    bundle: Path, limits: ServeLimits | None = None, precision: str = "fp32", threads: int | None = None
+) -> FastAPI:
+    """Load ``bundle`` (verified) and build the API over it; ``threads`` sets onnxruntime's intra-op threads."""
+    limits = limits or ServeLimits()
+    # Any Image.open in this process (not only ours) now refuses bombs: PIL errors above twice this many pixels.
+    Image.MAX_IMAGE_PIXELS = limits.max_image_pixels
+    app = FastAPI(title="dcclip", version=__version__, description=api_description())
+    app.state.service = Service(Path(bundle), limits, precision, threads)
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_request_bytes)
+    app.add_middleware(ErrorGuardMiddleware)  # added last: outermost of ours
+    app.include_router(router)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The app described by the DCCLIP_SERVE_* environment variables (uvicorn's factory in worker processes)."""
+    settings = ServeSettings.from_env()
+    return create_app(settings.bundle, settings.limits, settings.precision, settings.threads)

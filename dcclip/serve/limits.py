@@ -1,0 +1,95 @@
+"""Request limits of the HTTP service and the settings handed to uvicorn worker processes through the environment.
+
+Every limit has a safe default so a server started with no options cannot be made to decode a 400-megapixel image,
+embed ten thousand labels or buffer a gigabyte upload; each can be raised or lowered per deployment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ENV_BUNDLE", "ENV_LIMITS", "ENV_PRECISION", "ENV_THREADS", "ServeLimits", "ServeSettings"]
+
+ENV_BUNDLE = "DCCLIP_SERVE_BUNDLE"
+ENV_PRECISION = "DCCLIP_SERVE_PRECISION"
+ENV_THREADS = "DCCLIP_SERVE_THREADS"
+ENV_LIMITS = "DCCLIP_SERVE_LIMITS"
+MB = 1024 * 1024
+MAX_DEFAULT_CONCURRENCY = 4
+
+
+def default_concurrency() -> int:
+    """Model runs at once by default: one per CPU core, at most 4 (more only queue on the GIL and the cores)."""
+    return max(1, min(MAX_DEFAULT_CONCURRENCY, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """Upper bounds on one request (going over one is a 413 before the model runs) and on concurrent model runs."""
+
+    max_request_bytes: int = 20 * MB
+    max_image_pixels: int = 40_000_000
+    max_images: int = 16
+    max_labels: int = 1000
+    max_templates: int = 32
+    max_texts: int = 128
+    max_text_chars: int = 1000
+    max_field_bytes: int = 1 * MB
+    max_concurrent_inference: int = field(default_factory=default_concurrency)
+
+    def __post_init__(self) -> None:
+        """Refuse non-positive or non-integer limits at construction, not at the first request."""
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ServeLimits.{item.name} must be a positive int, got {value!r}")
+
+    def to_dict(self) -> dict[str, int]:
+        """Plain dict, for /v1/info and the environment."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ServeLimits:
+        """Build from a dict, naming any unknown key instead of ignoring it."""
+        known = {item.name for item in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown serve limits {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything create_app needs, in a form that survives the trip to a uvicorn worker via environment variables."""
+
+    bundle: Path
+    limits: ServeLimits
+    precision: str = "fp32"
+    threads: int | None = None
+
+    def to_env(self) -> dict[str, str]:
+        """Environment variables that ``from_env`` reads back."""
+        env = {
+            ENV_BUNDLE: str(Path(self.bundle).resolve()),
+            ENV_PRECISION: self.precision,
+            ENV_LIMITS: json.dumps(self.limits.to_dict()),
+        }
+        if self.threads is not None:
+            env[ENV_THREADS] = str(int(self.threads))
+        return env
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServeSettings:
+        """Read the settings a parent ``serve`` process exported; a clear error when they are missing."""
+        environ = os.environ if environ is None else environ
+        bundle = environ.get(ENV_BUNDLE)
+        if not bundle:
+            raise RuntimeError(f"{ENV_BUNDLE} is not set: start the server with dcclip serve --bundle DIR")
+        limits = ServeLimits.from_dict(json.loads(environ[ENV_LIMITS])) if environ.get(ENV_LIMITS) else ServeLimits()
+        threads = environ.get(ENV_THREADS)
+        return cls(Path(bundle), limits, environ.get(ENV_PRECISION, "fp32"), int(threads) if threads else None)
