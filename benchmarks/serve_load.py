@@ -41,9 +41,9 @@ COLUMNS += ["rss_before_mb", "rss_after_mb", "client_cpu_pct", "load_avg_1m"]
 def export_demo_bundle(root: Path) -> Path:
     """Export the demo student with random weights (64 px, embed dim 128) as an fp32 bundle under ``root``."""
     import torch
-    from dcclip.export.bundle import export_bundle
 
     from dcclip.engine.checkpoint import write_checkpoint
+    from dcclip.export.bundle import export_bundle
     from dcclip.models.students import build_student, student_preprocess
     from dcclip.models.tokenizers import TextTokenizer, train_tokenizer
     from dcclip.runtime.classifier import DEFAULT_TEMPLATES

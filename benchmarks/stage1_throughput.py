@@ -84,12 +84,11 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = parser.parse_args()
 
-    from dcclip.stages.cache_teacher import run as cache_teacher
-
     from dcclip.data.shards import iter_captions
     from dcclip.data.world import generate_world
     from dcclip.engine.runs import run_stage
     from dcclip.models.tokenizers import train_tokenizer
+    from dcclip.stages.cache_teacher import run as cache_teacher
 
     tmp = Path(tempfile.mkdtemp(prefix="dcclip-stage1-"))
     generate_world(tmp / "world", train_samples=args.samples, seed=0, eval_samples=10, shard_size=128)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dcclip.stages.cache_teacher import run as cache_teacher
-
 from dcclip.config import load_config
+from dcclip.stages.cache_teacher import run as cache_teacher
 
 
 def cache(toy_world: Path, teacher_spec: str, out: Path) -> Path:

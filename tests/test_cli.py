@@ -30,6 +30,10 @@ COMMANDS = [
     ["eval", "zeroshot"],
     ["eval", "retrieval"],
     ["eval", "alignment"],
+    ["export"],
+    ["classify"],
+    ["serve"],
+    ["demo"],
 ]
 
 

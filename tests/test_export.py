@@ -13,6 +13,8 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from test_export_helpers import make_checkpoint, scene, shared_bundle, write_eval_set
+
 from dcclip.export import onnx as onnx_export
 from dcclip.export.bundle import export_bundle
 from dcclip.export.errors import ExportError
@@ -24,8 +26,6 @@ from dcclip.export.validate import (
     prepare_inputs,
     validate_export,
 )
-from test_export_helpers import make_checkpoint, scene, shared_bundle, write_eval_set
-
 from dcclip.models.students import load_student_checkpoint
 from dcclip.runtime.bundle import sha256_file
 

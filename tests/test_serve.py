@@ -48,9 +48,9 @@ TIMEOUT = httpx.Timeout(20.0)
 def export_tiny_bundle(root: Path) -> Path:
     """Tokenizer -> test student (random weights) -> checkpoint -> fp32 bundle, all under ``root``."""
     import torch
-    from dcclip.export.bundle import export_bundle
 
     from dcclip.engine.checkpoint import write_checkpoint
+    from dcclip.export.bundle import export_bundle
     from dcclip.models.students import build_student, student_preprocess
     from dcclip.models.tokenizers import TextTokenizer, train_tokenizer
 

@@ -1,0 +1,75 @@
+"""`dcclip demo` at a tiny size: every artifact, a bundle that classifies, a consistent report, reuse and recovery."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from dcclip import demo
+from dcclip.demo import DemoSettings, DemoStepError, run_demo
+
+
+def tiny(out) -> DemoSettings:
+    return DemoSettings(
+        out=out, train_samples=120, eval_samples=90, teacher_steps=3, distill_steps=3, align_steps=2, vocab_size=600
+    )
+
+
+@pytest.mark.slow
+def test_tiny_demo_end_to_end_then_reuse_and_recover(tmp_path, monkeypatch, capsys):
+    settings = tiny(tmp_path / "demo")
+    report = run_demo(settings)
+    out = settings.out
+    for name in ("report.md", "report.json", "loss_curves.png", "speed_size.png", "zeroshot_shapes_top1.png"):
+        assert (out / name).is_file(), name
+    for name in ("image.onnx", "text.onnx", "image.int8.onnx", "text.int8.onnx", "tokenizer.json", "manifest.json"):
+        assert (out / "bundle" / name).is_file(), name
+
+    # the report's tables are the figures in report.json, which are the eval reports' figures
+    saved = json.loads((out / "report.json").read_text())
+    shapes = saved["top1"]["zeroshot_shapes"]
+    eval_report = json.loads((out / "eval" / "zeroshot_shapes" / "report.json").read_text())
+    for model in shapes["models"]:
+        for lang in shapes["langs"][:-1]:
+            assert shapes["values"][model][lang] == pytest.approx(eval_report["results"][model][lang]["top1"])
+    markdown = (out / "report.md").read_text()
+    first_row = next(line for line in markdown.splitlines() if line.startswith(f"| {shapes['langs'][0]} |"))
+    cells = [float(c.strip().rstrip("%")) / 100 for c in first_row.split("|")[2:-1]]
+    expected = [shapes["values"][m][shapes["langs"][0]] for m in shapes["models"]]
+    assert cells == pytest.approx(expected, abs=6e-4)
+    assert {"teacher", "student stage 1", "student stage 2", "student ONNX fp32", "student ONNX int8"} == set(
+        shapes["models"]
+    )
+    assert report["speed_size"]["rows"][0]["model"].startswith("teacher")
+
+    # the bundle classifies, without torch, through the public API
+    from dcclip.runtime.classifier import ZeroShotClassifier
+
+    classifier = ZeroShotClassifier.from_bundle(out / "bundle")
+    example = next((out / "examples").glob("*.jpg"))
+    ranked = classifier.classify([example], ["red circle", "blue square", "green triangle"], lang="en", top_k=2)
+    assert len(ranked[0]) == 2 and sum(p for _, p in ranked[0]) <= 1.0 + 1e-6
+
+    # a re-run reuses every step
+    capsys.readouterr()
+    run_demo(settings)
+    assert len(re.findall(r": reused", capsys.readouterr().out)) == len(demo.build_steps(settings))
+
+    # a broken step stops the demo with its name; the next run continues from it
+    broken = DemoSettings(**{**vars(settings), "align_steps": 3})
+
+    def fail(_settings):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(demo, "step_export", fail)
+    with pytest.raises(DemoStepError, match=r"step 'export'.*disk full"):
+        run_demo(broken)
+    monkeypatch.undo()
+    capsys.readouterr()
+    run_demo(broken)
+    log = capsys.readouterr().out
+    assert "toy world: shards + eval sets: reused" in log and "stage 1: feature distillation: reused" in log
+    assert "stage 2: contrastive alignment: reused" in log  # finished before the failure, kept
+    assert "export ONNX bundle (fp32 + int8): done" in log
