@@ -21,10 +21,8 @@ lint: $(STAMP)
 test: lint
 	$(VENV)/bin/pytest -q
 
-# Until `dcclip demo` runs the whole pipeline, the demo generates the toy world and validates its shards.
 demo: $(STAMP)
-	$(VENV)/bin/dcclip world --out runs/demo/world --train-samples 10000
-	$(VENV)/bin/dcclip shards validate runs/demo/world/train
+	$(VENV)/bin/dcclip demo --out runs/demo
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

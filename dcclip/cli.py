@@ -152,6 +152,56 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from dcclip.export.bundle import export_bundle
+
+    manifest = export_bundle(
+        Path(args.checkpoint),
+        Path(args.out),
+        precision=args.precision,
+        calib_shards=args.calib_shards,
+        eval_set=Path(args.eval_set) if args.eval_set else None,
+    )
+    print(
+        json.dumps({"bundle": args.out, "precisions": manifest["precisions"], "parity": manifest["parity"]}, indent=2)
+    )
+    return 0
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from dcclip.runtime.classifier import ZeroShotClassifier
+
+    labels = _split_list(args.labels) or []
+    classifier = ZeroShotClassifier.from_bundle(args.bundle, precision=args.precision, threads=args.threads)
+    results = classifier.classify(args.images, labels, lang=args.lang, top_k=args.top_k)
+    if args.json:
+        payload = [
+            {"image": image, "labels": [{"label": label, "probability": p} for label, p in ranked]}
+            for image, ranked in zip(args.images, results, strict=True)
+        ]
+        print(json.dumps(payload, indent=2, ensure_ascii=False))
+        return 0
+    for image, ranked in zip(args.images, results, strict=True):
+        print(image)
+        for label, probability in ranked:
+            print(f"  {probability:7.2%}  {label}")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from dcclip.serve import serve
+
+    serve(Path(args.bundle), host=args.host, port=args.port, workers=args.workers, precision=args.precision)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from dcclip.demo import DemoSettings, main_entry
+
+    settings = DemoSettings(out=Path(args.out), train_samples=args.train_samples)
+    return main_entry(settings, fresh=args.fresh)
+
+
 def _split_list(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
@@ -276,6 +326,43 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         t.set_defaults(func=_cmd_eval)
 
 
+def _add_deploy(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("export", help="export a student checkpoint to an ONNX bundle (fp32 and/or int8), validated")
+    e.add_argument("--checkpoint", required=True, help="student checkpoint or run directory")
+    e.add_argument("--out", required=True, help="bundle directory to write")
+    e.add_argument("--precision", choices=["fp32", "int8", "both"], default="both")
+    e.add_argument("--calib-shards", default=None, help="shards whose images calibrate int8 and check parity")
+    e.add_argument("--eval-set", default=None, help="clip_benchmark-layout set for zero-shot agreement checks")
+    e.set_defaults(func=_cmd_export)
+
+    c = sub.add_parser("classify", help="zero-shot classify images with a bundle (no torch needed)")
+    c.add_argument("--bundle", required=True)
+    c.add_argument("images", nargs="+", help="image files")
+    c.add_argument("--labels", required=True, help='comma-separated labels, e.g. "猫,狗,鸟"')
+    c.add_argument("--lang", default="en", help="language of the labels (picks the prompt templates)")
+    c.add_argument("--top-k", type=int, default=5)
+    c.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    c.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    c.add_argument("--json", action="store_true", help="print JSON")
+    c.set_defaults(func=_cmd_classify)
+
+    s = sub.add_parser("serve", help="HTTP zero-shot classification and embedding API over a bundle")
+    s.add_argument("--bundle", required=True)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=1)
+    s.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    s.set_defaults(func=_cmd_serve)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser("demo", help="the whole pipeline offline on the toy world, ending in a report")
+    d.add_argument("--out", default="runs/demo", help="demo directory (re-runs reuse finished steps)")
+    d.add_argument("--train-samples", type=int, default=6000, help="toy-world training samples")
+    d.add_argument("--fresh", action="store_true", help="start over instead of reusing finished steps")
+    d.set_defaults(func=_cmd_demo)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_world,
     _add_shards,
@@ -284,6 +371,8 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_teacher,
     _add_stages,
     _add_eval,
+    _add_deploy,
+    _add_demo,
 ]
 
 
