@@ -39,6 +39,7 @@ class OpenClipImage:
             def __init__(self):
                 super().__init__()
                 self.model = model
+                self.trunk = model.visual  # what the exporter reparameterises
 
             def embed(self, pixels):
                 return self.model.encode_image(pixels)
@@ -58,7 +59,7 @@ class OpenClipText:
                 self.model = model
 
             def forward(self, input_ids, attention_mask):
-                return self.model.encode_text(input_ids)
+                return self.model.encode_text(input_ids * attention_mask)  # padding is id 0 anyway
 
         return _Text()
 
@@ -101,7 +102,10 @@ def export_towers(name: str, parts: dict[str, Any], out: Path) -> dict[str, Path
     export_image_tower(parts["image"], files["image_fp32"], parts["size"])
     ids = rng.integers(1, 1000, size=(2, parts["length"]), dtype=np.int64)
     ids[:, -1] = 49407 if name.startswith("teacher") else 3  # open_clip pools at the highest id (end token)
-    export_text_tower(parts["text"], files["text_fp32"], ids, np.ones_like(ids))
+    # open_clip's text tower has a fixed context: its graph only runs at that length (the TorchScript exporter
+    # still names the axis; the dynamo exporter refuses a constant axis, as it should for dcclip's students)
+    exporters = ("torchscript",) if name.startswith("teacher") else ("dynamo", "torchscript")
+    export_text_tower(parts["text"], files["text_fp32"], ids, np.ones_like(ids), exporters=exporters)
     calibration = rng.standard_normal((16, 3, parts["size"], parts["size"])).astype(np.float32)
     files["image_int8"], files["text_int8"] = out / "image.int8.onnx", out / "text.int8.onnx"
     quantize_tower(files["image_fp32"], files["image_int8"], calibration=calibration)

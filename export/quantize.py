@@ -47,7 +47,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DYNAMIC_OP_TYPES = ("MatMul", "Gemm")
+DYNAMIC_OP_TYPES = ("MatMul", "Gemm", "Gather")  # Gather: the token-embedding table, weight-only int8
 CONV_HEAVY_MIN_CONVS = 4  # a ViT has one Conv (its patch embedding); a CNN has dozens
 DEFAULT_CALIB_IMAGES = 128
 CALIB_BATCH = 16
