@@ -191,14 +191,27 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from dcclip.serve import serve
 
-    serve(Path(args.bundle), host=args.host, port=args.port, workers=args.workers, precision=args.precision)
+    serve(
+        Path(args.bundle),
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        precision=args.precision,
+        threads=args.threads,
+    )
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from dcclip.demo import DemoSettings, main_entry
 
-    settings = DemoSettings(out=Path(args.out), train_samples=args.train_samples)
+    settings = DemoSettings(
+        out=Path(args.out),
+        train_samples=args.train_samples,
+        teacher_steps=args.teacher_steps,
+        distill_steps=args.distill_steps,
+        align_steps=args.align_steps,
+    )
     return main_entry(settings, fresh=args.fresh)
 
 
@@ -352,6 +365,7 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    s.add_argument("--threads", type=int, default=None, help="onnxruntime threads per worker (1 is best under load)")
     s.set_defaults(func=_cmd_serve)
 
 
@@ -359,6 +373,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("demo", help="the whole pipeline offline on the toy world, ending in a report")
     d.add_argument("--out", default="runs/demo", help="demo directory (re-runs reuse finished steps)")
     d.add_argument("--train-samples", type=int, default=6000, help="toy-world training samples")
+    d.add_argument("--teacher-steps", type=int, default=200, help="demo-teacher training steps (longer: stronger)")
+    d.add_argument("--distill-steps", type=int, default=400, help="stage-1 steps")
+    d.add_argument("--align-steps", type=int, default=120, help="stage-2 steps")
     d.add_argument("--fresh", action="store_true", help="start over instead of reusing finished steps")
     d.set_defaults(func=_cmd_demo)
 
