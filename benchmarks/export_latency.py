@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table, write_result
+
+from dcclip.demo_report import median_ms
 
 EMBED_DIM = 512
 VOCAB = 32000
@@ -62,16 +62,6 @@ class OpenClipText:
                 return self.model.encode_text(input_ids * attention_mask)  # padding is id 0 anyway
 
         return _Text()
-
-
-def median_ms(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 def towers(name: str) -> dict[str, Any]:
@@ -117,8 +107,8 @@ def time_torch(parts: dict[str, Any], pixels: np.ndarray, ids: np.ndarray, mask:
     import torch
 
     with torch.no_grad():
-        image_ms = median_ms(lambda: parts["image"].embed(torch.from_numpy(pixels)), repeat)
-        text_ms = median_ms(lambda: parts["text"](torch.from_numpy(ids), torch.from_numpy(mask)), repeat)
+        image_ms = median_ms(lambda: parts["image"].embed(torch.from_numpy(pixels)), repeat, warmup=1)
+        text_ms = median_ms(lambda: parts["text"](torch.from_numpy(ids), torch.from_numpy(mask)), repeat, warmup=1)
     return image_ms, text_ms
 
 
@@ -127,8 +117,8 @@ def time_onnx(image: Path, text: Path, pixels: np.ndarray, ids: np.ndarray, mask
 
     image_session = ort.InferenceSession(str(image), providers=["CPUExecutionProvider"])
     text_session = ort.InferenceSession(str(text), providers=["CPUExecutionProvider"])
-    image_ms = median_ms(lambda: image_session.run(None, {"pixel_values": pixels}), repeat)
-    text_ms = median_ms(lambda: text_session.run(None, {"input_ids": ids, "attention_mask": mask}), repeat)
+    image_ms = median_ms(lambda: image_session.run(None, {"pixel_values": pixels}), repeat, warmup=1)
+    text_ms = median_ms(lambda: text_session.run(None, {"input_ids": ids, "attention_mask": mask}), repeat, warmup=1)
     return image_ms, text_ms
 
 
