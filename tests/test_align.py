@@ -50,6 +50,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     torch.save(
         {"loss": loss.detach(), "image_grad": image.grad / WORLD, "text_grad": text.grad / WORLD}, f"{out}/{rank}.pt"
     )
+    dist.barrier()  # both ranks finished their collectives before either tears the group down
     dist.destroy_process_group()
 
 

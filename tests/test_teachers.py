@@ -269,8 +269,16 @@ def test_openclip_timm_tower_from_a_json_path(files, loaded):
 
 
 def test_openclip_random_init_from_a_registry_name():
+    from dcclip.models.registry import get_model_config
+
+    arch = get_model_config("demo-teacher", "teacher")
     teacher = load_teacher("openclip:demo-teacher@random")
-    assert (teacher.embed_dim, teacher.fmap_channels, teacher.fmap_grid) == (128, 192, (8, 8))
+    grid = arch["vision_cfg"]["image_size"] // arch["vision_cfg"]["patch_size"]
+    assert (teacher.embed_dim, teacher.fmap_channels, teacher.fmap_grid) == (
+        arch["embed_dim"],
+        arch["vision_cfg"]["width"],
+        (grid, grid),
+    )
     assert teacher.preprocess.image_size == 64
 
 

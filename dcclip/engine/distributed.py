@@ -95,8 +95,6 @@ def gather_embeddings(
     to the largest count and stripped after the gather. Returns images, texts, caption -> global image index, and
     this rank's offsets into the gathered images and texts.
     """
-    from torch.distributed.nn.functional import all_gather
-
     if not (dist.is_available() and dist.is_initialized()):
         return image, text, caption_image, 0, 0
     counts = torch.tensor([image.shape[0], text.shape[0]], device=image.device)
@@ -104,8 +102,8 @@ def gather_embeddings(
     dist.all_gather(all_counts, counts)
     n_images = [int(c[0]) for c in all_counts]
     n_texts = [int(c[1]) for c in all_counts]
-    images = _gather_padded(image, n_images, all_gather)
-    texts = _gather_padded(text, n_texts, all_gather)
+    images = _gather_padded(image, n_images)
+    texts = _gather_padded(text, n_texts)
     mapped = [caption_image.new_zeros(max(n_texts)) for _ in n_texts]
     dist.all_gather(mapped, _pad_rows(caption_image, max(n_texts)))  # labels need no gradient
     offsets = [sum(n_images[:r]) for r in range(len(n_images))]
@@ -121,7 +119,22 @@ def _pad_rows(tensor: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.cat([tensor, pad])
 
 
-def _gather_padded(tensor: torch.Tensor, counts: list[int], all_gather) -> torch.Tensor:
-    padded = _pad_rows(tensor, max(counts))
-    parts = all_gather(padded)
+class _AllGatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient for this rank's slice (each rank's loss uses all)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return tuple(parts)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor) -> torch.Tensor:
+        stacked = torch.stack(grads).contiguous()
+        dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
+        return stacked[dist.get_rank()]
+
+
+def _gather_padded(tensor: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    parts = _AllGatherWithGrad.apply(_pad_rows(tensor, max(counts)))
     return torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)])

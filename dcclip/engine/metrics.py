@@ -17,6 +17,8 @@ class MetricsWriter:
     def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tb = None
         if enabled and tensorboard:
             try:
