@@ -19,7 +19,6 @@ import json
 import math
 import re
 import string
-import tarfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dcclip.data.shards import ShardSetWriter, write_json_atomic
+from dcclip.data.shards import ShardSetWriter, write_json_atomic, write_shard
 
 WORLD_FORMAT = "dcclip-world"
 WORLD_VERSION = 1
@@ -1357,13 +1356,6 @@ def _write_train(
     return json.loads((out / "manifest.json").read_text(encoding="utf-8")), kinds
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    """Add one file with fixed metadata (mtime 0, root-owned, 0644) so tars are byte-reproducible."""
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
 def _write_wds(split_dir: Path, samples: Iterator[dict[str, bytes]], count: int, shard_size: int) -> int:
     """clip_benchmark shards ``0.tar``, ``1.tar``, ... plus ``nshards.txt``; members sorted by name within a shard."""
     split_dir.mkdir(parents=True, exist_ok=True)
@@ -1371,11 +1363,8 @@ def _write_wds(split_dir: Path, samples: Iterator[dict[str, bytes]], count: int,
         stale.unlink()
     width, nshards = _key_width(count), math.ceil(count / shard_size)
     for shard in range(nshards):
-        with tarfile.open(split_dir / f"{shard}.tar", "w", format=tarfile.GNU_FORMAT) as tar:
-            for index in range(shard * shard_size, min(count, (shard + 1) * shard_size)):
-                fields = next(samples)
-                for ext in sorted(fields):
-                    _add_member(tar, f"{index:0{width}d}.{ext}", fields[ext])
+        indices = range(shard * shard_size, min(count, (shard + 1) * shard_size))
+        write_shard(split_dir / f"{shard}.tar", ((f"{index:0{width}d}", next(samples)) for index in indices))
     (split_dir / "nshards.txt").write_text(f"{nshards}\n", encoding="ascii")
     return nshards
 
