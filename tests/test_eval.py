@@ -17,8 +17,9 @@ from PIL import Image
 
 from dcclip.eval.alignment import alignment_scores, evaluate_alignment
 from dcclip.eval.datasets import ClassificationDataset, DatasetError, RetrievalDataset, open_dataset
-from dcclip.eval.report import chart_filename, draw_chart, run_eval
+from dcclip.eval.report import chart_filename, console_report, draw_chart, run_eval
 from dcclip.eval.retrieval import evaluate_retrieval, recall_at_k
+from dcclip.eval.stats import wilson_interval
 from dcclip.eval.zeroshot import classification_metrics, evaluate_zeroshot, zeroshot_classifier
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -379,17 +380,35 @@ def test_task_needs_the_right_kind_of_dataset(tmp_path):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _markdown_cells(md: str) -> dict[str, dict[str, float]]:
-    """Parse the figures table of report.md: {row label: {column header: value}}."""
-    lines = [line for line in md.splitlines() if line.startswith("| ")]
-    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    table = {}
-    for line in lines[1:]:
-        cells = [cell.strip().strip("*") for cell in line.strip("|").split("|")]
-        if cells[0] == "model":
-            break
-        table[cells[0]] = {h: float(c) for h, c in zip(header[1:], cells[1:], strict=True)}
-    return table
+PERCENT_CELL = re.compile(r"^([\d.]+)%(?: \[([\d.]+), ([\d.]+)\])?$")
+
+
+def _parse_cell(cell: str) -> tuple[float, list[float] | None]:
+    """A table cell as (value, [low, high] or None): ``63.4% [60.2, 66.5]`` -> (0.634, [0.602, 0.665])."""
+    match = PERCENT_CELL.match(cell)
+    if match is None:
+        return float(cell), None
+    value, low, high = match.groups()
+    return float(value) / 100, None if low is None else [float(low) / 100, float(high) / 100]
+
+
+def _markdown_tables(md: str) -> dict[str, dict[str, dict[str, tuple[float, list[float] | None]]]]:
+    """Parse report.md's per-metric tables: {metric: {row label: {column header: (value, interval)}}}."""
+    tables: dict[str, dict[str, dict[str, tuple[float, list[float] | None]]]] = {}
+    metric, header = None, []
+    for line in md.splitlines():
+        if line.startswith("### "):
+            metric, header = line[4:].strip(), []
+        elif metric and line.startswith("| "):
+            cells = [cell.strip().strip("*") for cell in line.strip("|").split("|")]
+            if not header:
+                header = cells
+                tables[metric] = {}
+            else:
+                tables[metric][cells[0]] = {h: _parse_cell(c) for h, c in zip(header[1:], cells[1:], strict=True)}
+        elif not line.strip() and header:
+            metric = None
+    return tables
 
 
 def test_run_eval_compare_writes_report_markdown_and_charts(tmp_path):
@@ -406,15 +425,31 @@ def test_run_eval_compare_writes_report_markdown_and_charts(tmp_path):
     assert set(saved["langs"]) == {"en", "fr"}
     assert all(m["seconds"]["eval"] >= 0 for m in saved["models"])
 
-    cells = _markdown_cells((out / "report.md").read_text())
-    assert set(cells) == {*saved["langs"], "mean"}
-    for model in ("ranked", "flat"):
-        for metric in saved["metrics"]:
-            for lang in saved["langs"]:
-                assert cells[lang][f"{model} {metric}"] == pytest.approx(
-                    saved["results"][model][lang][metric], abs=5e-5
-                )
-            assert cells["mean"][f"{model} {metric}"] == pytest.approx(saved["mean"][model][metric], abs=5e-5)
+    # counted rates carry their Wilson interval and count; the mean's interval uses the smallest count
+    fr = saved["results"]["ranked"]["fr"]
+    assert fr["n"] == 10 and fr["top1_ci95"] == pytest.approx(wilson_interval(7, 10))
+    assert fr["top5_ci95"] == pytest.approx(wilson_interval(9, 10))
+    assert "mean_per_class_recall_ci95" not in fr  # not a share of counted trials
+    assert list(fr) == ["top1", "top1_ci95", "top5", "top5_ci95", "mean_per_class_recall", "n"]
+    mean = saved["mean"]["ranked"]
+    assert mean["n"] == 10 and mean["top1_ci95"] == pytest.approx(wilson_interval(7, 10))
+    assert saved["intervals"]["method"] == "wilson" and saved["intervals"]["metrics"] == {"top1": "n", "top5": "n"}
+
+    tables = _markdown_tables((out / "report.md").read_text())
+    assert list(tables) == saved["metrics"]
+    for metric, table in tables.items():
+        assert list(table) == [*saved["langs"], "mean"]
+        for row, cells in table.items():
+            if metric != "mean_per_class_recall":
+                assert cells["n"] == (10, None)
+            for model in ("ranked", "flat"):
+                figures = saved["mean"][model] if row == "mean" else saved["results"][model][row]
+                value, interval = cells[model]
+                assert value == pytest.approx(figures[metric], abs=5e-4)
+                if metric == "mean_per_class_recall":
+                    assert interval is None
+                else:
+                    assert interval == pytest.approx(figures[f"{metric}_ci95"], abs=5e-4)
 
     for metric in saved["metrics"]:
         png = out / chart_filename("zeroshot", metric)
@@ -430,18 +465,32 @@ def test_run_eval_compare_writes_report_markdown_and_charts(tmp_path):
     assert not list(out.glob(".*tmp*")), "no temporary files are left behind"
 
 
+def test_console_report_shows_intervals_and_where_the_files_are(tmp_path):
+    report = run_eval("zeroshot", [ranked_model()], write_classification_set(tmp_path / "cls"), ["fr"], tmp_path / "o")
+    text = console_report(report)
+    low, high = wilson_interval(7, 10)
+    assert f"| fr | 10 | 70.0% [{low * 100:.1f}, {high * 100:.1f}] |" in text
+    assert "![" not in text and f"Written to {tmp_path / 'o'}" in text
+
+
 def test_run_eval_retrieval_and_alignment_reports(tmp_path):
     root = write_retrieval_set(tmp_path / "ret")
     models = [oracle_retrieval_model(), FakeModel("random", lambda i: hashed_vector(str(i)), hashed_vector)]
     report = run_eval("retrieval", models, root, ["en", "de"], tmp_path / "r", progress=False)
     assert report["langs"] == ["en", "de"]
     assert report["results"]["oracle"]["de"]["i2t_R@1"] == 1.0
+    de = report["results"]["oracle"]["de"]  # sample 5 has no German caption: 5 image queries out of 6 images
+    assert (de["n_images"], de["n_i2t"], de["n_texts"]) == (6, 5, 5)
+    assert de["i2t_R@1_ci95"] == pytest.approx(wilson_interval(5, 5)) and de["i2t_R@1_ci95"][1] == 1.0
+    assert report["results"]["oracle"]["en"]["t2i_R@1_ci95"] == pytest.approx(wilson_interval(12, 12))
+    assert report["mean"]["oracle"]["n_i2t"] == 5 and report["mean"]["oracle"]["n_texts"] == 5
     assert (tmp_path / "r" / chart_filename("retrieval", "t2i_R@5")).is_file()
     aligned = run_eval("alignment", models, root, None, tmp_path / "a", progress=False, names=["A", "B"])
     assert aligned["langs"] == ["fr", "de"] and aligned["results"]["A"]["fr"]["retrieval_acc"] == 1.0
     assert aligned["dataset"]["samples"] == 6
     saved = json.loads((tmp_path / "a" / "report.json").read_text())
     assert saved["metrics"] == ["retrieval_acc", "retrieval_acc_en", "cos_pairs", "cos_random", "gap"]
+    assert "retrieval_acc_ci95" in saved["results"]["B"]["fr"] and "gap_ci95" not in saved["results"]["B"]["fr"]
     with pytest.raises(ValueError, match="unique"):
         run_eval("alignment", models, root, None, tmp_path / "b", names=["A", "A"])
 

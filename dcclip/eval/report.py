@@ -2,9 +2,12 @@
 
 ``run_eval`` is the single entry the CLI calls. Models are loaded and scored one at a time (only one is in memory),
 every figure lands in report.json (models x languages x metrics, dataset facts, settings, timings), report.md holds
-one markdown table (rows: languages plus their mean; columns: models x metrics) and every metric gets a grouped bar
-chart (languages on the x axis, one bar per model). The markdown and the charts are drawn from the report dict itself,
-so they cannot disagree with report.json. Every file is written to a temporary name and renamed.
+one markdown table per metric (rows: languages plus their mean; columns: the count behind each figure, then the
+models) and every metric gets a grouped bar chart (languages on the x axis, one bar per model). Every rate that is a
+share of counted trials (top-1, top-5, recall@k, alignment retrieval accuracy) carries its 95% Wilson interval
+(``METRIC_ci95``), shown in the tables and as error bars; the mean over languages gets the conservative interval of
+``dcclip.eval.stats``. The markdown and the charts are drawn from the report dict itself, so they cannot disagree with
+report.json. Every file is written to a temporary name and renamed.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from dcclip import __version__
-from dcclip.eval import alignment, retrieval, zeroshot
+from dcclip.eval import alignment, retrieval, stats, zeroshot
 from dcclip.eval.datasets import ClassificationDataset, DatasetError, RetrievalDataset, open_dataset
 from dcclip.eval.models import TEACHER_PREFIXES, EmbeddingModel, default_name, load_model
 
@@ -35,6 +38,7 @@ __all__ = [
     "TASKS",
     "build_report",
     "chart_filename",
+    "console_report",
     "draw_chart",
     "markdown_report",
     "run_eval",
@@ -44,7 +48,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 REPORT_FORMAT = "dcclip-eval-report"
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # 2: METRIC_ci95 beside counted rates, count keys in "mean", an "intervals" section
 MEAN_ROW = "mean"
 UNBOUNDED = ("cos_pairs", "cos_random", "gap")  # cosines can be negative; every other metric is a rate in [0, 1]
 ModelRef = str | os.PathLike | EmbeddingModel  # a reference for load_model, or a model object used as is
@@ -52,17 +56,25 @@ ModelRef = str | os.PathLike | EmbeddingModel  # a reference for load_model, or 
 
 @dataclass(frozen=True)
 class Task:
-    """What a task needs: the dataset kind it reads, the function that scores one model, the metrics it reports."""
+    """What a task needs: the dataset kind it reads, the function that scores one model, the metrics it reports.
+
+    ``counts`` maps each metric that is a share of counted trials to the figure holding that count; those metrics
+    get Wilson intervals (mean per-class recall and cosines are not binomial shares and get none).
+    """
 
     dataset_type: type
     evaluate: Callable[..., dict[str, dict[str, Any]]]
     metrics: tuple[str, ...]
+    counts: dict[str, str]
 
 
+ALIGNMENT_COUNTS = {"retrieval_acc": "n", "retrieval_acc_en": "n"}
 TASKS: dict[str, Task] = {
-    "zeroshot": Task(ClassificationDataset, zeroshot.evaluate_zeroshot, zeroshot.METRICS),
-    "retrieval": Task(RetrievalDataset, retrieval.evaluate_retrieval, tuple(retrieval.metric_names())),
-    "alignment": Task(RetrievalDataset, alignment.evaluate_alignment, alignment.METRICS),
+    "zeroshot": Task(ClassificationDataset, zeroshot.evaluate_zeroshot, zeroshot.METRICS, zeroshot.COUNTS),
+    "retrieval": Task(
+        RetrievalDataset, retrieval.evaluate_retrieval, tuple(retrieval.metric_names()), retrieval.metric_counts()
+    ),
+    "alignment": Task(RetrievalDataset, alignment.evaluate_alignment, alignment.METRICS, ALIGNMENT_COUNTS),
 }
 
 
@@ -147,9 +159,36 @@ def _free_memory() -> None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _mean_over_langs(per_lang: dict[str, dict[str, Any]], metrics: Sequence[str]) -> dict[str, float]:
-    """Unweighted mean of each metric over the languages (every language counts the same)."""
-    return {m: float(np.mean([figures[m] for figures in per_lang.values()])) for m in metrics}
+def _mean_over_langs(per_lang: dict[str, dict[str, Any]], metrics: Sequence[str], counts: dict[str, str]) -> dict:
+    """Unweighted mean of each metric over the languages, with intervals for counted rates.
+
+    Every language counts the same. A counted rate's ``METRIC_ci95`` is ``stats.mean_interval`` (Wilson at the mean
+    with n = the smallest per-language count: conservative, since languages share images); each count key holds
+    that smallest count.
+    """
+    mean: dict[str, Any] = {}
+    for metric in metrics:
+        values = [float(figures[metric]) for figures in per_lang.values()]
+        mean[metric] = float(np.mean(values))
+        if metric in counts:
+            ns = [int(figures[counts[metric]]) for figures in per_lang.values()]
+            mean[stats.ci_key(metric)] = list(stats.mean_interval(values, ns))
+    for key in dict.fromkeys(counts[m] for m in metrics if m in counts):
+        mean[key] = min(int(figures[key]) for figures in per_lang.values())
+    return mean
+
+
+def intervals_note(task: str) -> dict[str, Any]:
+    """The "intervals" section of a report: method, level, which metrics have them and how the mean's is drawn."""
+    return {
+        "method": "wilson",
+        "level": stats.LEVEL,
+        "key_suffix": stats.CI_SUFFIX,
+        "metrics": dict(_task(task).counts),
+        "per_language": "Wilson score interval of the rate's successes out of its count",
+        "mean": "Wilson interval at the unweighted mean with n = the smallest per-language count (conservative: "
+        "languages share their images, so pooling their counts would overstate the evidence)",
+    }
 
 
 def chart_filename(task: str, metric: str) -> str:
@@ -168,7 +207,8 @@ def build_report(
 
     Each entry is ``{"name", "ref", "kind", "results": {lang: {metric: value, ...}}, "seconds": {...}}``.
     """
-    metrics = list(_task(task).metrics)
+    metrics, counts = list(_task(task).metrics), _task(task).counts
+    results = {e["name"]: {lang: stats.with_intervals(f, counts) for lang, f in e["results"].items()} for e in entries}
     return {
         "format": REPORT_FORMAT,
         "version": REPORT_VERSION,
@@ -177,8 +217,9 @@ def build_report(
         "langs": langs,
         "metrics": metrics,
         "models": [{k: e[k] for k in ("name", "ref", "kind", "seconds")} for e in entries],
-        "results": {e["name"]: e["results"] for e in entries},
-        "mean": {e["name"]: _mean_over_langs(e["results"], metrics) for e in entries},
+        "results": results,
+        "mean": {name: _mean_over_langs(per_lang, metrics, counts) for name, per_lang in results.items()},
+        "intervals": intervals_note(task),
         "settings": settings,
         "timings": {"total_seconds": round(sum(e["seconds"]["total"] for e in entries), 3)},
         "files": {
@@ -201,21 +242,56 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _markdown_table(report: dict[str, Any]) -> list[str]:
-    """Rows: languages then the mean; columns: every model x metric; figures with 4 decimals."""
-    models, metrics = list(report["results"]), report["metrics"]
-    header = ["lang"] + [f"{_cell(model)} {metric}" for model in models for metric in metrics]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(header) - 1)]
-    for lang in report["langs"]:
-        row = [f"{report['results'][model][lang][metric]:.4f}" for model in models for metric in metrics]
-        lines.append(f"| {lang} | " + " | ".join(row) + " |")
-    mean = [f"{report['mean'][model][metric]:.4f}" for model in models for metric in metrics]
-    lines.append(f"| **{MEAN_ROW}** | " + " | ".join(f"**{v}**" for v in mean) + " |")
+def _figure(report: dict[str, Any], model: str, row: str, metric: str) -> dict[str, Any]:
+    """A model's figures for one language, or its means for the mean row."""
+    return report["mean"][model] if row == MEAN_ROW else report["results"][model][row]
+
+
+def format_cell(figures: dict[str, Any], metric: str) -> str:
+    """A metric as a table shows it: rates in percent (with their interval when counted), cosines with 4 decimals."""
+    value = float(figures[metric])
+    if metric in UNBOUNDED:
+        return f"{value:.4f}"
+    return stats.format_rate(value, figures.get(stats.ci_key(metric)))
+
+
+def _metric_table(report: dict[str, Any], metric: str) -> list[str]:
+    """One metric's table: a row per language plus the mean, the count column (when counted), a column per model."""
+    models, count = list(report["results"]), report.get("intervals", {}).get("metrics", {}).get(metric)
+    header = ["lang", *([count] if count else []), *(_cell(model) for model in models)]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    for row in [*report["langs"], MEAN_ROW]:
+        cells = [format_cell(_figure(report, model, row, metric), metric) for model in models]
+        label = row
+        if row == MEAN_ROW:
+            cells, label = [f"**{cell}**" for cell in cells], f"**{MEAN_ROW}**"
+        n = [str(_figure(report, models[0], row, metric)[count])] if count else []
+        lines.append("| " + " | ".join([label, *n, *cells]) + " |")
     return lines
 
 
-def markdown_report(report: dict[str, Any]) -> str:
-    """report.md text: what was evaluated, the table of figures, the models with timings, the charts."""
+def _tables(report: dict[str, Any]) -> list[str]:
+    """Every metric's table under its own heading."""
+    lines: list[str] = []
+    for metric in report["metrics"]:
+        lines += [f"### {metric}", "", *_metric_table(report, metric), ""]
+    return lines
+
+
+def _intervals_line(report: dict[str, Any]) -> str:
+    """What the bracketed figures are (reports from before intervals existed get a plain line)."""
+    if "intervals" not in report:
+        return "- figures: fractions; mean row: unweighted mean over languages"
+    counted = ", ".join(report["intervals"]["metrics"]) or "none"
+    return (
+        f"- figures: rates in percent; [low, high] = {report['intervals']['level']:.0%} Wilson interval ({counted}); "
+        "the count column is the number of trials behind each rate; mean row: unweighted mean over languages, its "
+        "interval drawn with the smallest per-language count (conservative)"
+    )
+
+
+def markdown_report(report: dict[str, Any], charts: bool = True) -> str:
+    """report.md text: what was evaluated, a table per metric, the models with timings, the charts."""
     ds = report["dataset"]
     lines = [
         f"# dcclip eval: {report['task']}",
@@ -224,10 +300,9 @@ def markdown_report(report: dict[str, Any]) -> str:
         + (f", {ds['classes']} classes" if "classes" in ds else "")
         + ")",
         f"- languages: {', '.join(report['langs'])}",
-        f"- metrics: {', '.join(report['metrics'])} (fractions; mean row: unweighted mean over languages)",
+        _intervals_line(report),
         "",
-        *_markdown_table(report),
-        "",
+        *_tables(report),
         "| model | kind | reference | load s | eval s |",
         "|---|---|---|---:|---:|",
     ]
@@ -235,8 +310,30 @@ def markdown_report(report: dict[str, Any]) -> str:
         seconds = model["seconds"]
         ref = _cell(model["ref"])
         lines.append(f"| {_cell(model['name'])} | {model['kind']} | `{ref}` | {seconds['load']} | {seconds['eval']} |")
-    lines += ["", *(f"![{m}]({f})" for m, f in report["files"]["charts"].items()), ""]
-    return "\n".join(lines)
+    if charts:
+        lines += ["", *(f"![{m}]({f})" for m, f in report["files"]["charts"].items())]
+    return "\n".join([*lines, ""])
+
+
+def console_report(report: dict[str, Any]) -> str:
+    """What ``dcclip eval`` prints: report.md without the chart links, then where the files are."""
+    text = markdown_report(report, charts=False)
+    out_dir = report.get("out_dir")
+    if out_dir:
+        files = report["files"]
+        text += f"\nWritten to {out_dir}: {files['json']}, {files['markdown']}"
+        text += f" and {len(files['charts'])} charts\n" if files["charts"] else "\n"
+    return text
+
+
+def _error_bars(figures: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """``ax.bar`` keywords drawing each bar's 95% interval, or none when the metric has no intervals."""
+    key = stats.ci_key(metric)
+    if not all(key in f for f in figures):
+        return {}
+    below = [max(0.0, f[metric] - f[key][0]) for f in figures]
+    above = [max(0.0, f[key][1] - f[metric]) for f in figures]
+    return {"yerr": np.array([below, above]), "capsize": 2, "error_kw": {"elinewidth": 0.8, "alpha": 0.7}}
 
 
 def draw_chart(report: dict[str, Any], metric: str) -> Any:
@@ -250,14 +347,17 @@ def draw_chart(report: dict[str, Any], metric: str) -> Any:
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(models))
     x = np.arange(len(groups))
+    bars = {}
     for i, model in enumerate(models):
-        values = [report["results"][model][lang][metric] for lang in report["langs"]] + [report["mean"][model][metric]]
-        ax.bar(x + (i - (len(models) - 1) / 2) * width, values, width, label=model)
+        figures = [_figure(report, model, group, metric) for group in groups]
+        bars = _error_bars(figures, metric)
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, [f[metric] for f in figures], width, label=model, **bars)
     ax.set_xticks(x, groups)
     if metric not in UNBOUNDED:
         ax.set_ylim(0.0, 1.0)  # rates share one scale, so charts of different runs compare at a glance
     ax.set_ylabel(metric)
-    ax.set_title(f"{report['task']}: {metric} ({Path(report['dataset']['path']).name})")
+    whiskers = ", whiskers: 95% Wilson intervals" if bars else ""
+    ax.set_title(f"{report['task']}: {metric} ({Path(report['dataset']['path']).name}{whiskers})")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small")
     return fig

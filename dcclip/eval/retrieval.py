@@ -17,7 +17,7 @@ from dcclip.eval.datasets import DatasetError, RetrievalDataset
 from dcclip.eval.embedding import embed_image_stream, embed_texts
 from dcclip.eval.models import EmbeddingModel
 
-__all__ = ["KS", "evaluate_retrieval", "metric_names", "recall_at_k"]
+__all__ = ["KS", "evaluate_retrieval", "metric_counts", "metric_names", "recall_at_k"]
 
 KS = (1, 5, 10)
 _BLOCK = 1024  # image rows scored at a time, so memory stays O(block x texts)
@@ -26,6 +26,11 @@ _BLOCK = 1024  # image rows scored at a time, so memory stays O(block x texts)
 def metric_names(ks: Sequence[int] = KS) -> list[str]:
     """Names of the recall figures in report order: i2t_R@k for every k, then t2i_R@k."""
     return [f"i2t_R@{k}" for k in ks] + [f"t2i_R@{k}" for k in ks]
+
+
+def metric_counts(ks: Sequence[int] = KS) -> dict[str, str]:
+    """Which count each recall is a share of: image queries (``n_i2t``) or caption queries (``n_texts``)."""
+    return {f"i2t_R@{k}": "n_i2t" for k in ks} | {f"t2i_R@{k}": "n_texts" for k in ks}
 
 
 def _text_ranks(similarity: np.ndarray, text_to_image: np.ndarray) -> np.ndarray:
@@ -96,7 +101,10 @@ def evaluate_retrieval(
     progress: bool = False,
     ks: Sequence[int] = KS,
 ) -> dict[str, dict[str, Any]]:
-    """Per language: i2t_R@k and t2i_R@k for each k, plus n_images and n_texts; images embedded once."""
+    """Per language: i2t_R@k and t2i_R@k for each k, plus n_images, n_i2t and n_texts; images embedded once.
+
+    ``n_i2t`` (images with a caption in the language) is what i2t recalls are shares of; ``n_texts`` is t2i's.
+    """
     langs = list(langs) if langs else dataset.langs
     dataset.check_langs(langs)
     image_emb, captions = _embed_samples(model, dataset, batch_size, progress)
@@ -107,5 +115,6 @@ def evaluate_retrieval(
             raise DatasetError(f"{dataset.root / 'test'}: no captions in language {lang!r} in the evaluated samples")
         text_emb = embed_texts(model, texts, batch_size, progress, f"{model.name}: {lang} captions")
         figures = recall_at_k(text_emb @ image_emb.T, text_to_image, ks)
-        results[lang] = {**figures, "n_images": len(captions), "n_texts": len(texts)}
+        queries = len(np.unique(text_to_image))
+        results[lang] = {**figures, "n_images": len(captions), "n_i2t": queries, "n_texts": len(texts)}
     return results

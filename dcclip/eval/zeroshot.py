@@ -19,6 +19,7 @@ from dcclip.eval.embedding import embed_image_stream, embed_texts
 from dcclip.eval.models import EmbeddingModel, l2_normalize
 
 __all__ = [
+    "COUNTS",
     "METRICS",
     "classification_metrics",
     "embed_dataset_images",
@@ -30,6 +31,7 @@ __all__ = [
 ]
 
 METRICS = ("top1", "top5", "mean_per_class_recall")
+COUNTS = {"top1": "n", "top5": "n"}  # the shares of n images (their Wilson intervals are drawn in the report)
 
 
 def fill_templates(classnames: Sequence[str], templates: Sequence[str]) -> list[str]:
