@@ -54,6 +54,12 @@ class DataConfig:
     epoch_samples: int = 0  # samples per epoch over all ranks in resampled mode; 0 = the shard set's size
     shuffle_buffer: int = 500
     max_text_len: int = 64
+    # Decode the whole shard set once into RAM (small data sets: the toy world, ~10^5 low-resolution images);
+    # JPEG decoding then costs nothing per step.
+    in_memory: bool = False
+    # Geometric augmentation applied identically to the student's and the teacher's view (see dcclip.data.augment);
+    # needs the teacher online, since cached features describe the unaugmented image.
+    augment: Literal["none", "flip", "geometric"] = "none"
 
     def validate(self, path: str) -> None:
         _require(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from dcclip.config import DataConfig
+from dcclip.data.augment import augment_views
 from dcclip.data.shards import ShardError, image_field, iter_tar_samples, parse_meta, read_manifest, shard_paths
 from dcclip.runtime.preprocess import ImageDecodeError, Preprocess, decode_image
 
@@ -153,7 +154,9 @@ class BatchBuilder:
         max_text_len: int,
         feature_fields: Sequence[str] = (),
         teacher_preprocess: Preprocess | None = None,
+        augment: str = "none",
     ):
+        self.augment = augment
         self.preprocess = preprocess
         self.teacher_preprocess = teacher_preprocess
         self.tokenizer = tokenizer
@@ -194,7 +197,7 @@ class BatchBuilder:
                 stats.record(sample.get("__key__", "?"), str(exc))
         if not good:
             return None
-        return self.collate(good, stats)
+        return augment_views(self.collate(good, stats), self.augment, rng)
 
     def collate(self, good: list[dict[str, Any]], stats: SkipStats) -> dict[str, Any]:
         import torch
@@ -325,6 +328,7 @@ class ShardLoader:
             cfg.max_text_len,
             feature_fields,
             teacher_preprocess,
+            cfg.augment,
         )
         self.epoch = 0
         self.batch_in_epoch = 0

@@ -11,13 +11,15 @@ from typing import Any
 import torch
 
 from dcclip import __version__
-from dcclip.config import RunConfig, save_config, to_dict
+from dcclip.config import DataConfig, RunConfig, save_config, to_dict
 from dcclip.data.features import check_fingerprint, feature_fields, find_cached_features
+from dcclip.data.memory import MemoryLoader, decode_shard_set
 from dcclip.data.pipeline import ShardLoader
 from dcclip.engine import checkpoint as ckpt
 from dcclip.engine.distributed import DistEnv
 from dcclip.engine.loop import FitSpec
 from dcclip.engine.tasks import StudentTask
+from dcclip.runtime.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ class TeacherSide:
 @dataclass
 class PreparedRun:
     task: StudentTask
-    loader: ShardLoader
+    loader: ShardLoader | MemoryLoader
     spec: FitSpec
 
 
@@ -62,6 +64,10 @@ def teacher_side(cfg: RunConfig, needed: bool, init: ckpt.Checkpoint | None, dev
         known = (init.config.get("teacher") or {}) if init is not None else {}
         return TeacherSide(None, known.get("spec", ""), known.get("embed_dim", 0), None, None, None, None, [])
     cached = find_cached_features(cfg.data.train, cfg.data.features)
+    if cached is not None and cfg.data.augment != "none":
+        log.info("data.augment=%s: the teacher runs online on each augmented view (cached features unused)",
+                 cfg.data.augment)  # fmt: skip
+        cached = None
     if cached is not None:
         feature_dir, info = cached
         check_fingerprint(info, feature_dir, cfg.teacher.spec, cfg.teacher.text_spec, cfg.teacher.feature_map)
@@ -140,6 +146,30 @@ def checkpoint_config(cfg: RunConfig, student: Any, side: TeacherSide, langs: li
     }
 
 
+def build_loader(
+    data: DataConfig,
+    side: TeacherSide,
+    pre: Preprocess,
+    tokenizer: Any,
+    env: DistEnv,
+    seed: int,
+    teacher_pre: Preprocess | None,
+) -> ShardLoader | MemoryLoader:
+    """The run's batch stream: decoded once into memory (``data.in_memory``) or streamed from the shards."""
+    if data.in_memory:
+        if side.fields:
+            raise ValueError("data.in_memory reads images only; cached teacher features need the streaming reader")
+        views = [pre] + ([teacher_pre] if teacher_pre is not None else [])
+        decoded = decode_shard_set(data.train, views, progress=env.is_main)
+        log.info("decoded %d samples into memory (%d skipped)", len(decoded), len(decoded.skipped))
+        return MemoryLoader(data, decoded, pre, tokenizer, env.rank, env.world_size, seed, teacher_pre)
+    return ShardLoader(
+        data, pre, tokenizer, rank=env.rank, world_size=env.world_size, seed=seed, feature_fields=side.fields,
+        feature_source=side.feature_dir if side.feature_dir and side.feature_dir != data.train else None,
+        teacher_preprocess=teacher_pre,
+    )  # fmt: skip
+
+
 def prepare_run(cfg: RunConfig, env: DistEnv) -> PreparedRun:
     """Build tokenizer, teacher side, student, task and data stream for a run, and save its resolved config."""
     from dcclip.models.students import student_preprocess
@@ -155,17 +185,7 @@ def prepare_run(cfg: RunConfig, env: DistEnv) -> PreparedRun:
     teacher_pre = None
     if side.teacher is not None and side.teacher.preprocess != student_preprocess(student.arch):
         teacher_pre = side.teacher.preprocess
-    loader = ShardLoader(
-        data_cfg,
-        student_preprocess(student.arch),
-        tokenizer,
-        rank=env.rank,
-        world_size=env.world_size,
-        seed=cfg.train.seed,
-        feature_fields=side.fields,
-        feature_source=side.feature_dir if side.feature_dir and side.feature_dir != cfg.data.train else None,
-        teacher_preprocess=teacher_pre,
-    )
+    loader = build_loader(data_cfg, side, student_preprocess(student.arch), tokenizer, env, cfg.train.seed, teacher_pre)
     gather = None
     if env.distributed and cfg.loss.contrastive > 0:
         from dcclip.engine.distributed import gather_embeddings

@@ -16,6 +16,8 @@ from torch import Tensor, nn
 from dcclip.config import LossConfig
 from dcclip.losses import ContrastiveLoss, CrossLingualTextLoss, FeatureMapLoss, ImageEmbeddingLoss
 
+TEXT_CACHE_SIZE = 200_000  # teacher text embeddings kept by an online-teacher run (~100 MB at 128 dimensions)
+
 # gather(image_emb, text_emb, caption_image) -> the same three over all ranks (see dcclip.engine.distributed)
 Gather = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor, int, int]]
 
@@ -54,6 +56,7 @@ class StudentTask(nn.Module):
         self.image_loss = ImageEmbeddingLoss(losses.image_embed_kind)
         self.text_loss = CrossLingualTextLoss(losses.text_embed_kind)
         self.contrastive = ContrastiveLoss(losses.logit_scale_max)
+        self._text_cache: dict[str, Tensor] = {}
         self._freeze_unused(freeze_image, freeze_text)
 
     def _freeze_unused(self, freeze_image: bool, freeze_text: bool) -> None:
@@ -80,8 +83,22 @@ class StudentTask(nn.Module):
             raise RuntimeError("the batch has no cached teacher features and no teacher is loaded")
         pixels = batch.get("teacher_pixels", batch["pixels"])
         img_emb, fmap = self.teacher.encode_image(pixels)
-        txt_emb = self.teacher.encode_text(batch["source_texts"])
-        return {"img_emb": img_emb, "img_fmap": fmap, "txt_emb": txt_emb}
+        return {"img_emb": img_emb, "img_fmap": fmap, "txt_emb": self.teacher_text(batch["source_texts"])}
+
+    def teacher_text(self, texts: list[str]) -> Tensor:
+        """The frozen teacher's embedding of each source caption, computed once per distinct caption.
+
+        Captions repeat across epochs (and within one: templated data has many identical captions), and a frozen
+        teacher maps a string to the same vector every time; the cache is bounded and starts over when full.
+        """
+        missing = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
+        if missing:
+            if len(self._text_cache) + len(missing) > TEXT_CACHE_SIZE:
+                self._text_cache.clear()
+                missing = list(dict.fromkeys(texts))
+            for text, embedding in zip(missing, self.teacher.encode_text(missing), strict=True):
+                self._text_cache[text] = embedding
+        return torch.stack([self._text_cache[t] for t in texts])
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         image_emb, student_fmap = self.student.image(batch["pixels"])
