@@ -105,6 +105,9 @@ class LossConfig:
     text_embed: float = 1.0  # every language's caption -> teacher embedding of the source caption
     text_embed_kind: Literal["cosine", "mse"] = "mse"
     contrastive: float = 0.0  # symmetric InfoNCE between student image and text embeddings (stage 2)
+    # hard: CLIP's one-hot targets; teacher: the teacher's image-text match distribution (needs the teacher's targets,
+    # cached or online), which spares same-class pairs from being pushed apart as negatives
+    contrastive_targets: Literal["hard", "teacher"] = "hard"
     logit_scale_init: float = 14.285714  # 1 / 0.07, as in CLIP
     logit_scale_max: float = 100.0
 

@@ -3,7 +3,8 @@
 - feature maps: SmoothL1 between the adapted student map and the teacher map (DC-CLIP);
 - embeddings: cosine or MSE between unit-normalised student and teacher embeddings (CLIP-KD's feature mimicry);
 - text: every language's caption is pulled onto the teacher's embedding of the source caption (Reimers & Gurevych);
-- contrastive: symmetric InfoNCE between image and text embeddings, any number of captions per image.
+- contrastive: symmetric InfoNCE between image and text embeddings, any number of captions per image; with hard
+  targets (CLIP) or with the teacher's match distribution as targets (no false negatives from same-class pairs).
 """
 
 from __future__ import annotations
@@ -78,6 +79,37 @@ def contrastive_loss(image_emb: Tensor, text_emb: Tensor, caption_image: Tensor,
     logits_per_image = logits_per_text.T
     image_to_text = -(targets * F.log_softmax(logits_per_image, dim=1)).sum(dim=1)[has_caption].mean()
     return 0.5 * (image_to_text + text_to_image)
+
+
+def teacher_guided_contrastive_loss(
+    image_emb: Tensor,
+    text_emb: Tensor,
+    teacher_image: Tensor,
+    teacher_text: Tensor,
+    caption_image: Tensor,
+    logit_scale: Tensor,
+) -> Tensor:
+    """Symmetric InfoNCE whose targets are the teacher's own image-text match distribution, as a KL divergence.
+
+    With hard targets every other image of a batch is a negative, also one of the same digit or class: a batch of
+    templated captions holds many such false negatives, and pushing them apart undoes what distillation taught.
+    Here caption k (of image ``caption_image[k]``) is scored by the teacher's embedding of that image's source caption
+    against the teacher's image embeddings, at the student's scale; the soft rows say which images the teacher thinks
+    match. The value is the cross-entropy minus the targets' entropy (same gradient), so it falls to 0 as the
+    student's match distribution meets the teacher's.
+    """
+    image, text = F.normalize(image_emb.float(), dim=-1), F.normalize(text_emb.float(), dim=-1)
+    t_image, t_text = F.normalize(teacher_image.float(), dim=-1), F.normalize(teacher_text.float(), dim=-1)
+    logits = logit_scale * text @ image.T  # [T, B]
+    with torch.no_grad():
+        t_logits = logit_scale * t_text[caption_image] @ t_image.T
+    return 0.5 * (_row_kl(logits, t_logits) + _row_kl(logits.T, t_logits.T))
+
+
+def _row_kl(logits: Tensor, target_logits: Tensor) -> Tensor:
+    """Mean over rows of KL(softmax(target) || softmax(logits))."""
+    log_q, log_p = F.log_softmax(logits, dim=1), F.log_softmax(target_logits, dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
 
 
 class ContrastiveLoss(nn.Module):

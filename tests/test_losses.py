@@ -80,3 +80,29 @@ def test_logit_scale_is_clamped():
     huge = ContrastiveLoss(max_scale=100.0)(image, text, torch.arange(4), torch.tensor(10.0))["contrastive_loss"]
     at_max = contrastive_loss(image, text, torch.arange(4), torch.tensor(100.0))
     assert torch.allclose(huge, at_max)
+
+
+def test_teacher_guided_contrastive_equals_clip_for_a_confident_teacher_and_spares_same_class_pairs():
+    from dcclip.losses import contrastive_loss, teacher_guided_contrastive_loss
+
+    torch.manual_seed(0)
+    image, text = torch.randn(4, 8), torch.randn(4, 8)
+    scale = torch.tensor(100.0)
+    distinct = torch.eye(4, 8)  # the teacher tells every pair apart: its targets are one-hot
+    pairs = torch.arange(4)
+    guided = teacher_guided_contrastive_loss(image, text, distinct, distinct, pairs, scale)
+    torch.testing.assert_close(guided, contrastive_loss(image, text, pairs, scale))
+    # images 0 and 1 are the same class to the teacher: each caption's target is split between them
+    same_class = distinct.clone()
+    same_class[1] = same_class[0]
+    scale = torch.tensor(10.0)
+
+    def guided_loss(student):
+        return teacher_guided_contrastive_loss(student, student, same_class, same_class, pairs, scale)
+
+    def hard_loss(student):
+        return contrastive_loss(student, student, pairs, scale)
+
+    # hard targets reward telling the pair apart; the teacher's targets reward agreeing with the teacher
+    assert hard_loss(distinct) < hard_loss(same_class)
+    assert guided_loss(same_class) < guided_loss(distinct)

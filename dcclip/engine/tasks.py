@@ -14,7 +14,13 @@ import torch
 from torch import Tensor, nn
 
 from dcclip.config import LossConfig
-from dcclip.losses import ContrastiveLoss, CrossLingualTextLoss, FeatureMapLoss, ImageEmbeddingLoss
+from dcclip.losses import (
+    ContrastiveLoss,
+    CrossLingualTextLoss,
+    FeatureMapLoss,
+    ImageEmbeddingLoss,
+    teacher_guided_contrastive_loss,
+)
 
 TEXT_CACHE_SIZE = 200_000  # teacher text embeddings kept by an online-teacher run (~100 MB at 128 dimensions)
 
@@ -73,7 +79,8 @@ class StudentTask(nn.Module):
 
     @property
     def needs_teacher(self) -> bool:
-        return any(self.weights[k] > 0 for k in self.DISTILL_LOSSES)
+        guided = self.weights["contrastive_loss"] > 0 and self.cfg.contrastive_targets == "teacher"
+        return guided or any(self.weights[k] > 0 for k in self.DISTILL_LOSSES)
 
     def teacher_targets(self, batch: dict[str, Any]) -> dict[str, Tensor | None]:
         """Teacher image embedding, feature map and source-caption embedding: cached in the batch or computed now."""
@@ -104,11 +111,11 @@ class StudentTask(nn.Module):
         image_emb, student_fmap = self.student.image(batch["pixels"])
         text_emb = self.student.text(batch["input_ids"], batch["attention_mask"])
         losses: dict[str, Tensor] = {}
-        if self.needs_teacher:
-            targets = self.teacher_targets(batch)
+        targets = self.teacher_targets(batch) if self.needs_teacher else None
+        if targets is not None:
             losses.update(self._distill_losses(image_emb, student_fmap, text_emb, batch["caption_image"], targets))
         if self.weights["contrastive_loss"] > 0:
-            losses.update(self._contrastive(image_emb, text_emb, batch["caption_image"]))
+            losses.update(self._contrastive(image_emb, text_emb, batch["caption_image"], targets))
         total = sum(self.weights[name] * value for name, value in losses.items())
         return {"loss": total, **losses}
 
@@ -128,10 +135,28 @@ class StudentTask(nn.Module):
             losses.update(self.text_loss(text_emb, targets["txt_emb"], caption_image))
         return losses
 
-    def _contrastive(self, image_emb: Tensor, text_emb: Tensor, caption_image: Tensor) -> dict[str, Tensor]:
+    def _contrastive(
+        self, image_emb: Tensor, text_emb: Tensor, caption_image: Tensor, targets: dict | None
+    ) -> dict[str, Tensor]:
+        guided = self.cfg.contrastive_targets == "teacher"
+        if guided and targets is None:
+            raise RuntimeError("loss.contrastive_targets=teacher needs teacher targets (cached features or a teacher)")
         if self.gather is not None:
-            image_emb, text_emb, caption_image, *_ = self.gather(image_emb, text_emb, caption_image)
-        return self.contrastive(image_emb, text_emb, caption_image, self.student.logit_scale)
+            if guided:  # one gather: the teacher's per-image embeddings ride along the student's (no gradient there)
+                width = image_emb.shape[1]
+                stacked = torch.cat([image_emb, targets["img_emb"].to(image_emb), targets["txt_emb"].to(image_emb)], 1)
+                stacked, text_emb, caption_image, *_ = self.gather(stacked, text_emb, caption_image)
+                image_emb, teacher_image, teacher_text = stacked.split([width, width, width], dim=1)
+                targets = {"img_emb": teacher_image, "txt_emb": teacher_text}
+            else:
+                image_emb, text_emb, caption_image, *_ = self.gather(image_emb, text_emb, caption_image)
+        if not guided:
+            return self.contrastive(image_emb, text_emb, caption_image, self.student.logit_scale)
+        scale = self.student.logit_scale.exp().clamp(max=self.cfg.logit_scale_max)
+        loss = teacher_guided_contrastive_loss(
+            image_emb, text_emb, targets["img_emb"], targets["txt_emb"], caption_image, scale
+        )
+        return {"contrastive_loss": loss}
 
     def extra_metrics(self) -> dict[str, float]:
         """Scalars worth a curve besides the losses."""
