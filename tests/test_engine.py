@@ -163,14 +163,15 @@ def test_demo_teacher_trains_and_loads_like_a_user_checkpoint(toy_world, tmp_pat
     from dcclip.models.teachers import load_teacher
 
     out = tmp_path / "teacher"
-    assert main(["teacher", "train-demo", "--world", str(toy_world), "--out", str(out), "--steps", "3"]) == 0
+    args = ["--world", str(toy_world), "--out", str(out), "--image-steps", "3", "--text-steps", "2"]
+    assert main(["teacher", "train-demo", *args]) == 0
     assert (out / "open_clip_config.json").is_file() and (out / "open_clip_model.safetensors").is_file()
     teacher = load_teacher(f"openclip:{out}")
     image, fmap = teacher.encode_image(torch.zeros(2, 3, teacher.preprocess.image_size, teacher.preprocess.image_size))
     assert image.shape == (2, 128) and fmap.shape[1] == teacher.fmap_channels
     assert teacher.encode_text(["a red circle"]).shape == (1, 128)
     trained = json.loads((out / "train_summary.json").read_text())
-    assert trained["steps"] == 3 and trained["teacher_spec"] == f"openclip:{out.resolve()}"
+    assert trained["steps"] == {"image": 3, "text": 2} and trained["teacher_spec"] == f"openclip:{out.resolve()}"
 
 
 def test_inherit_text_from_a_local_encoder(toy_world, world_tokenizer_path, saved_teacher_spec, tmp_path):

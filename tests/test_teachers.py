@@ -271,15 +271,21 @@ def test_openclip_timm_tower_from_a_json_path(files, loaded):
 def test_openclip_random_init_from_a_registry_name():
     from dcclip.models.registry import get_model_config
 
-    arch = get_model_config("demo-teacher", "teacher")
-    teacher = load_teacher("openclip:demo-teacher@random")
+    arch = get_model_config("test-vit", "teacher")
+    teacher = load_teacher("openclip:test-vit@random")
     grid = arch["vision_cfg"]["image_size"] // arch["vision_cfg"]["patch_size"]
     assert (teacher.embed_dim, teacher.fmap_channels, teacher.fmap_grid) == (
         arch["embed_dim"],
         arch["vision_cfg"]["width"],
         (grid, grid),
     )
-    assert teacher.preprocess.image_size == 64
+    assert teacher.preprocess.image_size == arch["vision_cfg"]["image_size"]
+
+
+def test_the_demo_teacher_is_a_timm_tower_inside_open_clip():
+    teacher = load_teacher("openclip:demo-teacher@random")
+    assert teacher.preprocess.image_size == 48 and teacher.embed_dim == 128
+    assert teacher.fmap_channels is not None and teacher.fmap_grid is not None
 
 
 def test_openclip_mismatched_checkpoint_fails_naming_the_spec(files):

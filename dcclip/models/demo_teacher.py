@@ -1,24 +1,38 @@
-"""The offline stand-in for a downloaded teacher: a small open_clip CLIP trained on the toy world's English captions.
+"""The offline stand-in for a downloaded teacher: a small open_clip CLIP trained on the toy world in about two minutes.
 
-It is trained with the same engine as the students (CLIP's contrastive loss as the task) and saved as an open_clip
-``local-dir`` checkpoint (``open_clip_config.json`` + ``open_clip_model.safetensors``), so it loads through the
-open_clip teacher backend exactly like a user's checkpoint: ``openclip:/path/to/dir``.
+A pretrained CLIP knows shapes, colours and digits from hundreds of millions of pairs; a contrastive run of two CPU
+minutes on the toy world learns colour only (its text tower then ignores shape words). So the stand-in is trained
+LiT-style ("locked-image tuning", Zhai et al. 2022), in two phases, with the same engine as the students:
+
+1. image tower (timm ``test_resnet`` at 48 px inside ``open_clip.model.CLIP``) supervised on the world's own labels:
+   soft cross-entropy over the 90 colour x shape pairs, the 10 colours and 9 shapes of every drawn object, and the 10
+   digits; label-preserving augmentation (any rotation and flip for shapes, small turns for digits; zoom, shift and
+   pixel noise for both). Images are decoded once into memory.
+2. text tower trained with InfoNCE against the frozen image embeddings of the English captions.
+
+Only the stand-in teacher ever sees labels; the students learn from it and from the captions alone. It is saved as an
+open_clip ``local-dir`` checkpoint (``open_clip_config.json`` + ``open_clip_model.safetensors``) and loads through
+the open_clip teacher backend exactly like a user's checkpoint: ``openclip:/path/to/dir``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dcclip.config import DataConfig, OptimConfig, TrainConfig
+from dcclip.data.augment import warp
 from dcclip.losses import contrastive_loss
 from dcclip.runtime.preprocess import Preprocess
 
@@ -27,6 +41,20 @@ log = logging.getLogger(__name__)
 DEMO_ARCH = "demo-teacher"
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
+HEADS = {"pair": 90, "colour": 10, "shape": 9, "digit": 10}
+
+
+@dataclass(frozen=True)
+class TeacherRecipe:
+    """Steps, batch sizes and learning rates of the two phases (defaults: ~2 minutes on 2 cores)."""
+
+    image_steps: int = 1100
+    text_steps: int = 300
+    batch_size: int = 128
+    text_batch_size: int = 256
+    image_lr: float = 1e-2
+    text_lr: float = 2e-3
+    seed: int = 0
 
 
 class OpenClipTokens:
@@ -43,17 +71,100 @@ class OpenClipTokens:
         return ids, (ids != 0).astype(np.int64)
 
 
-class ClipTrainingTask(nn.Module):
-    """CLIP's own objective for an open_clip model; the loop saves ``student`` (here: the teacher being trained)."""
+# --- labels ----------------------------------------------------------------------------------------------------------
+def world_labels(meta: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Per-sample soft targets of every head from the world's metadata (rows of zeros where a head does not apply)."""
+    from dcclip.data.world import COLOURS, SHAPES
+
+    rows = {name: np.zeros((len(meta), n), dtype=np.float32) for name, n in HEADS.items()}
+    for i, info in enumerate(meta):
+        if info.get("kind") == "digits":
+            rows["digit"][i, int(info["digit"])] = 1.0
+            continue
+        for obj in info.get("objects", []):
+            colour, shape = COLOURS.index(obj["colour"]), SHAPES.index(obj["shape"])
+            rows["pair"][i, colour * len(SHAPES) + shape] += 1.0
+            rows["colour"][i, colour] += 1.0
+            rows["shape"][i, shape] += 1.0
+    out = {}
+    for name, table in rows.items():
+        total = table.sum(axis=1, keepdims=True)
+        out[name] = torch.from_numpy(np.divide(table, total, out=np.zeros_like(table), where=total > 0))
+    return out
+
+
+def label_preserving_affine(is_digit: torch.Tensor) -> torch.Tensor:
+    """[B, 2, 3] warps: any turn and flip for shapes, at most 15 degrees for digits; zoom and shift for both."""
+    n = is_digit.shape[0]
+    angle = torch.where(is_digit, (torch.rand(n) - 0.5) * math.radians(30), torch.rand(n) * 2 * math.pi)
+    flip = torch.where(is_digit | (torch.rand(n) < 0.5), 1.0, -1.0)
+    zoom = torch.exp(torch.empty(n).uniform_(math.log(0.8), math.log(1.3)))
+    theta = torch.zeros(n, 2, 3)
+    cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos * flip, -sin, sin * flip, cos
+    theta[:, :, 2] = torch.empty(n, 2).uniform_(-0.12, 0.12)
+    return theta
+
+
+class LabelledImageTask(nn.Module):
+    """Phase 1: the image tower and throw-away linear heads learn the world's labels; the loop saves ``student``."""
+
+    def __init__(self, model: nn.Module, labels: dict[str, torch.Tensor], keys: list[str], noise: float = 0.03):
+        super().__init__()
+        embed_dim = int(model.text_projection.shape[1])
+        self.student = model
+        self.heads = nn.ModuleDict({name: nn.Linear(embed_dim, n) for name, n in HEADS.items()})
+        self.labels = labels
+        self.row = {key: i for i, key in enumerate(keys)}
+        self.noise = noise
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        rows = torch.tensor([self.row[k] for k in batch["keys"]])
+        targets = {name: table[rows] for name, table in self.labels.items()}
+        is_digit = targets["digit"].sum(dim=1) > 0
+        pixels = warp(batch["pixels"], label_preserving_affine(is_digit))
+        pixels = pixels + self.noise * torch.randn_like(pixels)
+        features = self.student.visual(pixels)
+        losses = {}
+        for name, head in self.heads.items():
+            target = targets[name]
+            applies = target.sum(dim=1) > 0
+            if applies.any():
+                log_p = F.log_softmax(head(features[applies]), dim=1)
+                losses[f"{name}_loss"] = -(target[applies] * log_p).sum(dim=1).mean()
+        return {"loss": sum(losses.values()), **losses}
+
+
+class LockedImageTextTask(nn.Module):
+    """Phase 2: the text tower learns to meet the frozen image tower's embeddings (LiT); the visual stays in eval."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.student = model
+        self.image_cache: dict[str, torch.Tensor] = {}  # the locked tower sees unaugmented images: embed each once
+        model.visual.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> LockedImageTextTask:
+        super().train(mode)
+        self.student.visual.eval()  # frozen BatchNorm statistics too
+        return self
+
+    @torch.no_grad()
+    def image_embeddings(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Embeddings of the batch's images from the locked tower, computed once per image."""
+        keys = batch["keys"]
+        missing = [i for i, key in enumerate(keys) if key not in self.image_cache]
+        if missing:
+            for i, embedding in zip(missing, self.student.visual(batch["pixels"][missing]), strict=True):
+                self.image_cache[keys[i]] = embedding
+        return torch.stack([self.image_cache[key] for key in keys])
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        image = self.student.encode_image(batch["pixels"])
+        image = self.image_embeddings(batch)
         text = self.student.encode_text(batch["input_ids"])
         scale = self.student.logit_scale.exp().clamp(max=100.0)
+        # Identical captions in a batch need no special targets: their logits are identical rows, so CLIP's loss
+        # already equals the loss with both pairs counted as positives.
         loss = contrastive_loss(image, text, batch["caption_image"], scale)
         return {"loss": loss, "contrastive_loss": loss}
 
@@ -61,6 +172,7 @@ class ClipTrainingTask(nn.Module):
         return {"logit_scale": float(self.student.logit_scale.detach().exp())}
 
 
+# --- saving ----------------------------------------------------------------------------------------------------------
 def demo_model_config() -> dict[str, Any]:
     from dcclip.models.registry import get_model_config
 
@@ -96,47 +208,64 @@ def save_open_clip_dir(model: nn.Module, model_cfg: dict[str, Any], out_dir: Pat
     return out_dir
 
 
-def train_demo_teacher(
-    world: Path, out: Path, steps: int = 600, seed: int = 0, batch_size: int = 128, lr: float = 2e-3, workers: int = 2
-) -> dict[str, Any]:
-    """Train the English-only demo teacher on ``world/train`` and save it to ``out`` (resumes if interrupted)."""
-    import open_clip
-
-    from dcclip.data.pipeline import ShardLoader
+# --- training --------------------------------------------------------------------------------------------------------
+def _phase(task: nn.Module, loader: Any, out: Path, name: str, steps: int, lr: float, recipe: TeacherRecipe) -> Any:
+    """Run one phase with the shared engine (resumable: checkpoints under ``out/training/<phase>``)."""
     from dcclip.engine.distributed import DistEnv
     from dcclip.engine.loop import FitSpec, fit
 
+    run_dir = out / "training" / name
+    spec = FitSpec(
+        run_dir=run_dir,
+        train=TrainConfig(
+            out_dir=str(run_dir), steps=steps, seed=recipe.seed, log_every=20, ckpt_every=max(50, steps // 2),
+            keep_last=1, resume="auto", channels_last=False,
+        ),
+        optim=OptimConfig(lr=lr, weight_decay=0.05, warmup_steps=max(1, steps // 20), betas=(0.9, 0.98)),
+        checkpoint_config={"stage": f"demo-teacher-{name}"},
+        description=f"demo teacher: {name}",
+    )  # fmt: skip
+    return fit(task, loader, spec, DistEnv())
+
+
+def train_demo_teacher(world: Path, out: Path, recipe: TeacherRecipe | None = None) -> dict[str, Any]:
+    """Train the stand-in teacher on ``world/train`` (both phases) and save it to ``out``; resumes if interrupted."""
+    import open_clip
+
+    from dcclip.data.memory import MemoryLoader, decode_shard_set
+
+    recipe = recipe or TeacherRecipe()
     train_dir = Path(world) / "train"
     if not (train_dir / "manifest.json").is_file():
         raise FileNotFoundError(f"{train_dir}: no toy-world training shards (run `dcclip world --out {world}`)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
+    torch.manual_seed(recipe.seed)
     model_cfg = demo_model_config()
     model = open_clip.model.CLIP(**model_cfg)
     pre = Preprocess(image_size=int(model_cfg["vision_cfg"]["image_size"]))
-    data = DataConfig(
-        train=str(train_dir), langs=("en",), caption_sampling="uniform", batch_size=batch_size, workers=workers
-    )
-    loader = ShardLoader(data, pre, OpenClipTokens(int(model_cfg["text_cfg"]["context_length"])), seed=seed)
-    spec = FitSpec(
-        run_dir=out / "training",
-        train=TrainConfig(
-            out_dir=str(out / "training"), steps=steps, seed=seed, log_every=10, ckpt_every=max(50, steps // 4),
-            keep_last=1, resume="auto", channels_last=False,
-        ),
-        optim=OptimConfig(lr=lr, weight_decay=0.1, warmup_steps=min(50, steps // 10), betas=(0.9, 0.98)),
-        checkpoint_config={"stage": "demo-teacher", "arch": model_cfg},
-        description="demo teacher",
+    decoded = decode_shard_set(str(train_dir), [pre], progress=True)
+    tokens = OpenClipTokens(int(model_cfg["text_cfg"]["context_length"]))
+
+    def loader(batch_size: int) -> MemoryLoader:
+        data = DataConfig(train=str(train_dir), langs=("en",), caption_sampling="uniform", batch_size=batch_size)
+        return MemoryLoader(data, decoded, pre, tokens, seed=recipe.seed)
+
+    image_task = LabelledImageTask(model, world_labels(decoded.meta), decoded.keys)
+    image = _phase(image_task, loader(recipe.batch_size), out, "image", recipe.image_steps, recipe.image_lr, recipe)
+    text = _phase(
+        LockedImageTextTask(model), loader(recipe.text_batch_size), out, "text", recipe.text_steps, recipe.text_lr,
+        recipe,
     )  # fmt: skip
-    result = fit(ClipTrainingTask(model), loader, spec, DistEnv())
     save_open_clip_dir(model, model_cfg, out)
     summary = {
         "teacher_spec": f"openclip:{out.resolve()}",
-        "steps": result.step,
-        "seconds": round(result.seconds, 1),
-        "final_loss": result.losses.get("loss"),
-        "samples_seen": result.samples_seen,
+        "recipe": asdict(recipe),
+        "steps": {"image": image.step, "text": text.step},
+        "seconds": round(image.seconds + text.seconds, 1),
+        "final_loss": {"image": image.losses.get("loss"), "text": text.losses.get("loss")},
+        "samples_seen": image.samples_seen + text.samples_seen,
+        "decoded_samples": len(decoded),
     }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2), "utf-8")
     log.info("demo teacher saved to %s", out)
