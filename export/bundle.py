@@ -2,6 +2,11 @@
 
 The bundle is built in a temporary directory beside ``out`` and renamed into place only when every tower exported,
 matched torch and was hashed, so a failed export never leaves a half bundle where a good one was.
+
+int8 is decided per tower: a tower ships int8 only when its int8 graph, run beside the other tower in fp32, agrees with
+the all-fp32 bundle on at least ``min_agreement`` of the zero-shot top-1 decisions (and the two int8 towers together
+clear it too). A tower that does not ships its fp32 graph as its int8 file, and the manifest (``quantization`` per
+tower, ``parity.int8.towers``) and the log say which, why and with what figure.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -35,12 +41,17 @@ from .onnx import (
     export_image_tower,
     export_text_tower,
 )
-from .quantize import DEFAULT_CALIB_IMAGES, calibration_images, choose_method, quantize_tower
+from .quantize import DEFAULT_CALIB_IMAGES, TowerQuantizer, calibration_images, choose_method
 from .validate import (
     CAPTIONS,
+    INT8_MIN_AGREEMENT,
+    AgreementProbe,
+    Encoder,
+    MemoEncoder,
     OnnxEncoder,
     TorchEncoder,
     ValidationInputs,
+    eval_set_paths,
     failing_towers,
     prepare_inputs,
     shard_captions,
@@ -63,16 +74,20 @@ def export_bundle(
     out: Path,
     precision: str = "both",
     calib_shards: str | None = None,
-    eval_set: Path | None = None,
+    eval_set: Path | Sequence[Path] | None = None,
+    min_agreement: float | None = None,
 ) -> dict[str, Any]:
     """Export, validate and (for int8) quantise a student checkpoint into the bundle ``out``; returns its manifest.
 
     ``calib_shards`` (a shard source) gives real images for int8 calibration and parity, and multilingual captions;
-    ``eval_set`` (clip_benchmark layout) gives the zero-shot agreement sample. Without them, drawn images and built-in
-    captions in ten languages are used, and the manifest says so.
+    ``eval_set`` (clip_benchmark layout, one or several) gives the zero-shot agreement sample. Without them, drawn
+    images and built-in captions in ten languages are used, and the manifest says so. ``min_agreement`` (default
+    INT8_MIN_AGREEMENT) is the share of top-1 decisions an int8 tower must keep; a tower below it ships fp32.
     """
     if precision not in PRECISION_CHOICES:
         raise ValueError(f"precision must be one of {PRECISION_CHOICES}, got {precision!r}")
+    min_agreement = INT8_MIN_AGREEMENT if min_agreement is None else min_agreement
+    _check_min_agreement(min_agreement)
     out = Path(out)
     _check_replaceable(out)
     loaded = load_student_checkpoint(checkpoint)
@@ -80,7 +95,7 @@ def export_bundle(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        manifest = _build(loaded, staging, precisions, calib_shards, Path(eval_set) if eval_set else None)
+        manifest = _build(loaded, staging, precisions, calib_shards, eval_set_paths(eval_set), min_agreement)
         _publish(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -89,29 +104,42 @@ def export_bundle(
     return manifest
 
 
+def _check_min_agreement(min_agreement: float) -> None:
+    """A number >= 0 (above 1 forces every tower to ship fp32, which tests use); anything else is refused."""
+    if isinstance(min_agreement, bool) or not isinstance(min_agreement, int | float) or not min_agreement >= 0:
+        raise ValueError(f"min_agreement must be a number >= 0 (a share of top-1 decisions), got {min_agreement!r}")
+
+
 def _build(
-    loaded: LoadedStudent, staging: Path, precisions: list[str], calib_shards: str | None, eval_set: Path | None
+    loaded: LoadedStudent,
+    staging: Path,
+    precisions: list[str],
+    calib_shards: str | None,
+    eval_sets: list[Path],
+    min_agreement: float,
 ) -> dict[str, Any]:
     """Every file of the bundle in ``staging``, then its manifest."""
     images = calibration_images(calib_shards, DEFAULT_CALIB_IMAGES) if calib_shards else []
     captions = shard_captions(calib_shards) if calib_shards else []
     max_len = text_max_length(loaded)
-    inputs = prepare_inputs(loaded.preprocess, images, captions, eval_set, loaded.langs, image_source="shards")
-    tokenizer, reference = loaded.tokenizer, TorchEncoder(loaded.model)
+    inputs = prepare_inputs(loaded.preprocess, images, captions, eval_sets, loaded.langs, image_source="shards")
+    tokenizer, reference = loaded.tokenizer, MemoEncoder(TorchEncoder(loaded.model))  # a TorchScript retry re-uses it
     with tempfile.TemporaryDirectory(prefix="dcclip-export-") as work:
         fp32_dir = staging if "fp32" in precisions else Path(work)
         records, parity = _export_fp32(loaded, fp32_dir, max_len, inputs, reference)
-        image_fp32, text_fp32 = Path(records["image"].path), Path(records["text"].path)
+        fp32_files = {role: Path(record.path) for role, record in records.items()}
         quantization = None
         if "int8" in precisions:
-            static = choose_method(image_fp32) == "static_qdq"
-            calib, calib_source = _calibration(images, inputs, loaded) if static else (None, None)
-            quantization = _quantize(image_fp32, text_fp32, staging, calib, calib_source)
+            # int8 is judged against the fp32 graphs (which match torch by now), with the same embeddings throughout
+            fp32 = MemoEncoder(OnnxEncoder(fp32_files["image"], fp32_files["text"]))
+            quantization, towers = _int8(loaded, fp32, fp32_files, staging, Path(work), images, inputs, min_agreement)
             candidate = OnnxEncoder(staging / FILES["image", "int8"], staging / FILES["text", "int8"])
-            parity["int8"] = measure_parity(reference, candidate, inputs, tokenizer, max_len, "int8")
+            parity["int8"] = measure_parity(fp32, candidate, inputs, tokenizer, max_len, "int8", min_agreement)
+            parity["int8"] |= {"reference": "fp32 onnx", "towers": towers}
     _save_tokenizer(loaded, staging)
     parity = {key: value for key, value in parity.items() if key in precisions}
     manifest = _manifest(loaded, staging, precisions, records, quantization, parity, max_len)
+    manifest["files"] = _mark_shipped(manifest["files"], quantization)
     manifest["validation_inputs"] = {"images": inputs.image_source, "captions": "shards" if captions else "built-in"}
     write_json_atomic(staging / MANIFEST_FILE, manifest)
     return manifest
@@ -161,7 +189,7 @@ def _export_tower(
 
 
 def _export_fp32(
-    loaded: LoadedStudent, out_dir: Path, max_len: int, inputs: ValidationInputs, reference: TorchEncoder
+    loaded: LoadedStudent, out_dir: Path, max_len: int, inputs: ValidationInputs, reference: Encoder
 ) -> tuple[dict[str, ExportRecord], dict[str, Any]]:
     """Both towers in fp32, checked against torch; a dynamo graph that fails parity is re-exported by TorchScript."""
     records = {role: _export_tower(loaded, role, out_dir, max_len) for role in ("image", "text")}
@@ -183,12 +211,12 @@ def _fp32_parity(
     records: dict[str, ExportRecord],
     inputs: ValidationInputs,
     loaded: LoadedStudent,
-    reference: TorchEncoder,
+    reference: Encoder,
     max_len: int,
 ) -> dict[str, Any]:
     """fp32 parity figures of the exported pair (ExportError below the bar)."""
     candidate = OnnxEncoder(Path(records["image"].path), Path(records["text"].path))
-    return measure_parity(reference, candidate, inputs, loaded.tokenizer, max_len, "fp32")
+    return measure_parity(reference, candidate, inputs, loaded.tokenizer, max_len, "fp32") | {"reference": "torch"}
 
 
 def _calibration(images: list[Image.Image], inputs: ValidationInputs, loaded: LoadedStudent) -> tuple[np.ndarray, str]:
@@ -201,21 +229,159 @@ def _calibration(images: list[Image.Image], inputs: ValidationInputs, loaded: Lo
     return loaded.preprocess.batch(synthetic_images(DEFAULT_CALIB_IMAGES, seed=1)).astype(np.float32), "synthetic"
 
 
-def _quantize(
-    image_fp32: Path, text_fp32: Path, staging: Path, calib: np.ndarray | None, calib_source: str | None
-) -> dict[str, dict[str, Any]]:
-    """int8 versions of both towers; the method per tower is chosen from its graph and recorded."""
+def _int8(
+    loaded: LoadedStudent,
+    fp32: Encoder,
+    fp32_files: dict[str, Path],
+    staging: Path,
+    work: Path,
+    images: list[Image.Image],
+    inputs: ValidationInputs,
+    min_agreement: float,
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Both int8 towers, each tried under its plans until it agrees with fp32; fp32 ships for a tower that never does.
+
+    Returns the per-tower quantisation records (with the decision: requested, shipped, agreement, reason) and the
+    agreement figures for ``parity.int8.towers``.
+    """
+    probe = AgreementProbe(fp32, inputs, loaded.tokenizer, text_max_length(loaded))
+    quantization, figures, embeddings = {}, {}, {}
+    for role in ("image", "text"):
+        quantizer = _guarded(_quantizer, fp32_files[role], work / f"quant-{role}", images, inputs, loaded)
+        quantization[role], figures[role], embeddings[role] = _quantize_until_agreed(
+            role, quantizer, fp32_files, staging, probe, min_agreement
+        )
+    figures["combined"] = probe.score(embeddings["image"], embeddings["text"])
+    reasons = fallback_reasons(figures, min_agreement)
+    towers: dict[str, Any] = {"reference": "fp32 onnx", "source": probe.source, "min_top1_agreement": min_agreement}
+    for role in ("image", "text"):
+        shipped = "fp32" if role in reasons else "int8"
+        if shipped == "fp32":
+            shutil.copyfile(fp32_files[role], staging / FILES[role, "int8"])
+        decision = {"requested": "int8", "shipped": shipped, "top1_agreement": figures[role]["top1_agreement"]}
+        quantization[role] |= decision | {"min_top1_agreement": min_agreement, "reason": reasons.get(role)}
+        towers[role] = {**figures[role], "shipped": shipped, "reason": reasons.get(role)}
+        _log_decision(role, quantization[role], figures[role], min_agreement)
+    towers["combined_int8"] = figures["combined"]
+    towers["shipped_top1_agreement"] = _shipped_agreement(figures, reasons)
+    return quantization, towers
+
+
+def _quantizer(
+    fp32_file: Path, work: Path, images: list[Image.Image], inputs: ValidationInputs, loaded: LoadedStudent
+) -> TowerQuantizer:
+    """A quantiser for one tower, with calibration pixels when its method needs them."""
+    if choose_method(fp32_file) != "static_qdq":
+        return TowerQuantizer(fp32_file, work)
+    pixels, source = _calibration(images, inputs, loaded)
+    quantizer = TowerQuantizer(fp32_file, work, pixels)
+    quantizer.info["calibration_source"] = source
+    return quantizer
+
+
+def _quantize_until_agreed(
+    role: str,
+    quantizer: TowerQuantizer,
+    fp32_files: dict[str, Path],
+    staging: Path,
+    probe: AgreementProbe,
+    min_agreement: float,
+) -> tuple[dict[str, Any], dict[str, Any], list]:
+    """Quantise under each plan in turn until the tower (the other one in fp32) clears the bar; the last one tried.
+
+    Returns the quantisation record (with every plan tried and its agreement), the agreement figures and the int8
+    tower's embeddings of the agreement sample (for the figure of both towers together).
+    """
+    out, tried = staging / FILES[role, "int8"], []
+    for plan in quantizer.plans:
+        info = _guarded(quantizer.quantize, out, plan)
+        if role == "image":
+            embeddings = probe.embed_images(OnnxEncoder(out, fp32_files["text"]))
+            figure = probe.score(images=embeddings)
+        else:
+            embeddings = probe.embed_texts(OnnxEncoder(fp32_files["image"], out))
+            figure = probe.score(texts=embeddings)
+        tried.append({"plan": plan, "top1_agreement": figure["top1_agreement"]})
+        if figure["top1_agreement"] >= min_agreement:
+            break
+    if "calibration" in info:
+        info["calibration"]["source"] = info.pop("calibration_source")
+    return {**info, "plans_tried": tried}, figure, embeddings
+
+
+def _guarded(action: Callable[..., Any], *args: Any) -> Any:
+    """Run a quantisation step; anything but an ExportError becomes one that names the failure."""
     try:
-        image = quantize_tower(image_fp32, staging / FILES["image", "int8"], calibration=calib)
-        text = quantize_tower(text_fp32, staging / FILES["text", "int8"])
+        return action(*args)
     except ExportError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # onnxruntime's quantiser raises assorted types
         raise ExportError(f"int8 quantisation failed: {type(exc).__name__}: {exc}") from exc
-    for info in (image, text):
-        if "calibration" in info:
-            info["calibration"]["source"] = calib_source
-    return {"image": image, "text": text}
+
+
+def fallback_reasons(agreement: dict[str, Any], min_agreement: float) -> dict[str, str]:
+    """The towers that must ship fp32, each with why: below the bar alone, or the weaker of two whose pair is below.
+
+    Judged per tower (the other in fp32) so that one bad tower does not take the good one with it; then the pair,
+    because two towers each just above the bar can together fall below it.
+    """
+    reasons = {}
+    for role in ("image", "text"):
+        figure = agreement[role]
+        if figure["top1_agreement"] < min_agreement:
+            reasons[role] = (
+                f"int8 {role} tower agreed with fp32 on {figure['top1_agreement']:.1%} of top-1 decisions "
+                f"({figure['disagreements']} of {figure['decisions']} changed{_where(figure)}), "
+                f"below the {min_agreement:.1%} bar"
+            )
+    combined = agreement["combined"]["top1_agreement"]
+    if not reasons and combined < min_agreement:
+        weaker = min(("image", "text"), key=lambda role: agreement[role]["top1_agreement"])
+        reasons[weaker] = (
+            f"both towers in int8 agreed with fp32 on {combined:.1%} of top-1 decisions, below the {min_agreement:.1%} "
+            f"bar; the {weaker} tower ({agreement[weaker]['top1_agreement']:.1%} alone) is the weaker one"
+        )
+    return reasons
+
+
+def _where(figure: dict[str, Any]) -> str:
+    """' on SET' naming the sample a figure comes from when there were several (the worst one is the figure)."""
+    return f" on {Path(figure['worst_set']).name}" if len(figure.get("per_set", {})) > 1 else ""
+
+
+def _shipped_agreement(agreement: dict[str, Any], reasons: dict[str, str]) -> float:
+    """Agreement of what the int8 bundle ships with all-fp32, from the mixes already measured."""
+    if "image" in reasons and "text" in reasons:
+        return 1.0
+    if reasons:
+        return float(agreement["text" if "image" in reasons else "image"]["top1_agreement"])
+    return float(agreement["combined"]["top1_agreement"])
+
+
+def _log_decision(role: str, record: dict[str, Any], figure: dict[str, Any], min_agreement: float) -> None:
+    """One console line per tower: how often int8 changed a zero-shot decision, and what ships."""
+    if record["shipped"] == "fp32":
+        log.warning("%s tower ships fp32 in the int8 bundle: %s", role, record["reason"])
+        return
+    log.info(
+        "%s tower int8 (%s, plan %s): top-1 agreement with fp32 %.1f%% (%d of %d decisions changed%s; bar %.1f%%)",
+        role,
+        record["method"],
+        record["plan"],
+        100 * figure["top1_agreement"],
+        figure["disagreements"],
+        figure["decisions"],
+        _where(figure),
+        100 * min_agreement,
+    )
+
+
+def _mark_shipped(files: dict[str, dict[str, Any]], quantization: dict[str, dict[str, Any]] | None) -> dict:
+    """Give every int8 file entry the precision its graph really computes in ('shipped_precision')."""
+    for entry in files.values():
+        if entry.get("precision") == "int8" and quantization is not None:
+            entry["shipped_precision"] = quantization[entry["role"]]["shipped"]
+    return files
 
 
 def _manifest(

@@ -3,6 +3,11 @@
 A bundle is a directory of ``image[.int8].onnx``, ``text[.int8].onnx``, ``tokenizer.json`` and ``manifest.json``. The
 manifest records the sha256 and size of every file; ``verify_bundle`` refuses a bundle whose files do not match, and
 ``read_manifest`` refuses a format version this runtime does not know, each with a message naming the file or version.
+
+Format versions: 1 is the first. 2 adds ``shipped_precision`` to each int8 file entry: export ships a tower's fp32
+graph as its int8 file when int8 changes too many zero-shot decisions, and says so there (``quantization`` and
+``parity.int8.towers`` give the figures). Everything else is as in 1, so version 1 bundles load unchanged (every file
+computes in the precision it is listed under).
 """
 
 from __future__ import annotations
@@ -40,12 +45,13 @@ __all__ = [
     "load_bundle_model",
     "read_manifest",
     "sha256_file",
+    "shipped_precision",
     "verify_bundle",
 ]
 
 BUNDLE_FORMAT = "dcclip-bundle"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
 PRECISIONS = ("fp32", "int8")
@@ -132,6 +138,20 @@ def bundle_file(manifest: dict[str, Any], role: str, precision: str) -> str:
     raise BundleError(f"bundle has no {precision} {role} tower (precisions: {manifest.get('precisions')})")
 
 
+def shipped_precision(manifest: dict[str, Any], role: str, precision: str) -> str:
+    """The precision the ``role`` tower of ``precision`` really computes in: 'fp32' where int8 fell back to fp32.
+
+    Version 1 manifests (and version 2 fp32 entries) have no ``shipped_precision``: the file is what it is listed as.
+    """
+    entry = manifest["files"][bundle_file(manifest, role, precision)]
+    shipped = entry.get("shipped_precision", precision)
+    if shipped not in PRECISIONS:
+        raise BundleError(
+            f"manifest gives the {precision} {role} tower shipped_precision {shipped!r}, not {PRECISIONS}"
+        )
+    return shipped
+
+
 class BundleModel:
     """Image and text sessions of one precision, the tokenizer and the preprocessing of a bundle; thread-safe."""
 
@@ -154,6 +174,8 @@ class BundleModel:
         if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be a positive int, got {max_batch_size!r}")
         self.precision = precision
+        # what each tower really computes in: an int8 bundle may carry a tower's fp32 graph (format version 2)
+        self.tower_precisions = {role: shipped_precision(self.manifest, role, precision) for role in ("image", "text")}
         self.max_batch_size = max_batch_size
         self.max_image_pixels = max_image_pixels
         self.session_options = make_session_options(intra_op_num_threads, inter_op_num_threads)
@@ -255,7 +277,8 @@ class BundleModel:
 
     def __repr__(self) -> str:
         """Short description for logs."""
-        return f"BundleModel({str(self.path)!r}, precision={self.precision!r}, providers={self.providers})"
+        towers = ", ".join(f"{role} {value}" for role, value in self.tower_precisions.items())
+        return f"BundleModel({str(self.path)!r}, precision={self.precision!r} ({towers}), providers={self.providers})"
 
 
 def make_session_options(intra_op_num_threads: int | None, inter_op_num_threads: int | None) -> ort.SessionOptions:
