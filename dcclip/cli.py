@@ -126,15 +126,17 @@ def _cmd_cache_teacher(args: argparse.Namespace) -> int:
 
 
 def _cmd_teacher_train_demo(args: argparse.Namespace) -> int:
-    from dcclip.models.demo_teacher import train_demo_teacher
+    from dcclip.models.demo_teacher import TeacherRecipe, train_demo_teacher
 
-    summary = train_demo_teacher(Path(args.world), Path(args.out), steps=args.steps, seed=args.seed)
+    steps = {"image_steps": args.image_steps, "text_steps": args.text_steps}
+    recipe = TeacherRecipe(seed=args.seed, **{k: v for k, v in steps.items() if v is not None})
+    summary = train_demo_teacher(Path(args.world), Path(args.out), recipe)
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from dcclip.eval.report import run_eval
+    from dcclip.eval.report import console_report, run_eval
 
     report = run_eval(
         args.eval_task,
@@ -148,7 +150,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         names=_split_list(args.names),
         teacher_text=args.teacher_text or "",
     )
-    print((Path(report["out_dir"]) / "report.md").read_text(encoding="utf-8"))
+    print(console_report(report))
     return 0
 
 
@@ -205,13 +207,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from dcclip.demo import DemoSettings, main_entry
 
-    settings = DemoSettings(
-        out=Path(args.out),
-        train_samples=args.train_samples,
-        teacher_steps=args.teacher_steps,
-        distill_steps=args.distill_steps,
-        align_steps=args.align_steps,
-    )
+    knobs = (
+        "train_samples", "eval_samples", "teacher_image_steps", "teacher_text_steps", "distill_steps", "align_steps",
+    )  # fmt: skip
+    given = {name: getattr(args, name) for name in knobs if getattr(args, name) is not None}
+    settings = DemoSettings(out=Path(args.out), **given)
     return main_entry(settings, fresh=args.fresh)
 
 
@@ -306,7 +306,8 @@ def _add_teacher(sub: argparse._SubParsersAction) -> None:
     t = teacher.add_parser("train-demo", help="train the English-only demo teacher on the toy world")
     t.add_argument("--world", required=True, help="toy world directory (from `dcclip world`)")
     t.add_argument("--out", required=True, help="output directory (an open_clip local-dir checkpoint)")
-    t.add_argument("--steps", type=int, default=600)
+    t.add_argument("--image-steps", type=int, help="phase 1, image tower on the world's labels (default 1100)")
+    t.add_argument("--text-steps", type=int, help="phase 2, text tower against the locked image tower (default 300)")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_cmd_teacher_train_demo)
 
@@ -372,10 +373,12 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("demo", help="the whole pipeline offline on the toy world, ending in a report")
     d.add_argument("--out", default="runs/demo", help="demo directory (re-runs reuse finished steps)")
-    d.add_argument("--train-samples", type=int, default=6000, help="toy-world training samples")
-    d.add_argument("--teacher-steps", type=int, default=200, help="demo-teacher training steps (longer: stronger)")
-    d.add_argument("--distill-steps", type=int, default=400, help="stage-1 steps")
-    d.add_argument("--align-steps", type=int, default=120, help="stage-2 steps")
+    d.add_argument("--train-samples", type=int, help="toy-world training samples (default 6000)")
+    d.add_argument("--eval-samples", type=int, help="images per eval set (default 900: 10 per shape class)")
+    d.add_argument("--teacher-image-steps", type=int, help="stand-in teacher, phase 1 (image tower) steps")
+    d.add_argument("--teacher-text-steps", type=int, help="stand-in teacher, phase 2 (text tower) steps")
+    d.add_argument("--distill-steps", type=int, help="stage-1 steps")
+    d.add_argument("--align-steps", type=int, help="stage-2 steps")
     d.add_argument("--fresh", action="store_true", help="start over instead of reusing finished steps")
     d.set_defaults(func=_cmd_demo)
 

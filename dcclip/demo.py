@@ -1,7 +1,10 @@
 """``dcclip demo``: the whole pipeline, offline, on the built-in toy world, with a report at the end.
 
-toy world -> demo teacher (English only) -> tokenizer -> cache-teacher -> stage 1 distill -> stage 2 align ->
-export fp32 + int8 -> evaluation (teacher vs students vs ONNX, every language) -> speed/size -> report.
+toy world -> stand-in teacher (English only) -> tokenizer -> stage 1 distill -> stage 2 align -> export fp32 + int8
+-> evaluation (teacher vs students vs ONNX, every language) -> speed/size -> report.
+
+Both stages run the small stand-in teacher online on augmented views (see configs/demo.yaml), so the demo has no
+cache-teacher step; `dcclip cache-teacher` is the path for large teachers and unaugmented training.
 
 Every step is keyed by its settings and by the steps it depends on: a re-run reuses finished steps, a changed setting
 re-runs that step and everything after it, and a step that broke is continued (training resumes from its last
@@ -37,15 +40,18 @@ class DemoSettings:
 
     out: Path
     train_samples: int = 6000
-    eval_samples: int = 450
-    teacher_steps: int = 200
-    distill_steps: int = 400
-    align_steps: int = 120
+    eval_samples: int = 900  # per eval set: 10 images per class for the 90 shape classes, 90 per digit
+    teacher_image_steps: int = 1100
+    teacher_text_steps: int = 300
+    distill_steps: int = 800
+    align_steps: int = 150
     vocab_size: int = 4000
     seed: int = 0
+    # extra dotted config overrides per stage ({"distill": [...], "align": [...]}), e.g. for ablations
+    overrides: dict[str, list[str]] = field(default_factory=dict)
 
     def paths(self) -> dict[str, Path]:
-        names = ("world", "teacher", "tokenizer", "features", "distill", "align", "bundle", "eval", "bench")
+        names = ("world", "teacher", "tokenizer", "distill", "align", "bundle", "eval", "bench")
         return {name: self.out / name for name in names}
 
 
@@ -116,9 +122,10 @@ def step_world(s: DemoSettings) -> dict[str, Any]:
 
 
 def step_teacher(s: DemoSettings) -> dict[str, Any]:
-    from dcclip.models.demo_teacher import train_demo_teacher
+    from dcclip.models.demo_teacher import TeacherRecipe, train_demo_teacher
 
-    return train_demo_teacher(s.paths()["world"], s.paths()["teacher"], steps=s.teacher_steps, seed=s.seed)
+    recipe = TeacherRecipe(image_steps=s.teacher_image_steps, text_steps=s.teacher_text_steps, seed=s.seed)
+    return train_demo_teacher(s.paths()["world"], s.paths()["teacher"], recipe)
 
 
 def step_tokenizer(s: DemoSettings) -> dict[str, Any]:
@@ -140,7 +147,6 @@ def run_config(s: DemoSettings, name: str, out: Path, steps: int, extra: list[st
     p = s.paths()
     overrides = [
         f"data.train={p['world'] / 'train'}",
-        f"data.features={p['features']}",
         f"teacher.spec={teacher_spec(s)}",
         f"student.tokenizer={p['tokenizer'] / 'tokenizer.json'}",
         f"train.out_dir={out}",
@@ -152,23 +158,17 @@ def run_config(s: DemoSettings, name: str, out: Path, steps: int, extra: list[st
     return load_config(name, overrides)
 
 
-def step_cache(s: DemoSettings) -> dict[str, Any]:
-    from dcclip.stages.cache_teacher import run as cache_teacher
-
-    cfg = run_config(s, "demo", s.paths()["distill"], 1)
-    return cache_teacher(cfg, s.paths()["features"])
-
-
 def step_distill(s: DemoSettings) -> dict[str, Any]:
     from dcclip.stages.distill import run
 
-    return run(run_config(s, "demo", s.paths()["distill"], s.distill_steps))
+    return run(run_config(s, "demo", s.paths()["distill"], s.distill_steps, s.overrides.get("distill")))
 
 
 def step_align(s: DemoSettings) -> dict[str, Any]:
     from dcclip.stages.align import run
 
-    return run(run_config(s, "demo-align", s.paths()["align"], s.align_steps, [f"train.init={s.paths()['distill']}"]))
+    extra = [f"train.init={s.paths()['distill']}", *s.overrides.get("align", [])]
+    return run(run_config(s, "demo-align", s.paths()["align"], s.align_steps, extra))
 
 
 def step_export(s: DemoSettings) -> dict[str, Any]:
@@ -215,7 +215,9 @@ def step_eval(s: DemoSettings) -> dict[str, Any]:
 def step_bench(s: DemoSettings) -> dict[str, Any]:
     from dcclip.demo_report import measure_speed_and_size
 
-    figures = measure_speed_and_size(s.paths()["teacher"], s.paths()["bundle"])
+    figures = measure_speed_and_size(
+        s.paths()["teacher"], s.paths()["bundle"], onnx_dir=s.paths()["bench"] / "teacher_onnx"
+    )
     s.paths()["bench"].mkdir(parents=True, exist_ok=True)
     write_json_atomic(s.paths()["bench"] / "speed_size.json", figures)
     return figures
@@ -227,15 +229,16 @@ def build_steps(s: DemoSettings) -> list[Step]:
     world = {"train": s.train_samples, "eval": s.eval_samples, "seed": s.seed}
     return [
         Step("world", "toy world: shards + eval sets", world, lambda: step_world(s), [p["world"]]),
-        Step("teacher", "demo teacher (English captions only)", {"steps": s.teacher_steps}, lambda: step_teacher(s),
+        Step("teacher", "demo teacher (English captions only)",
+             {"image_steps": s.teacher_image_steps, "text_steps": s.teacher_text_steps}, lambda: step_teacher(s),
              [p["teacher"]], ["world"]),
         Step("tokenizer", "multilingual tokenizer", {"vocab": s.vocab_size}, lambda: step_tokenizer(s),
              [p["tokenizer"]], ["world"]),
-        Step("cache", "cache teacher features", {}, lambda: step_cache(s), [p["features"]], ["teacher"]),
-        Step("distill", "stage 1: feature distillation", {"steps": s.distill_steps}, lambda: step_distill(s),
-             [p["distill"]], ["cache", "tokenizer"]),
-        Step("align", "stage 2: contrastive alignment", {"steps": s.align_steps}, lambda: step_align(s), [p["align"]],
-             ["distill"]),
+        Step("distill", "stage 1: feature distillation",
+             {"steps": s.distill_steps, "extra": s.overrides.get("distill")}, lambda: step_distill(s), [p["distill"]],
+             ["teacher", "tokenizer"]),
+        Step("align", "stage 2: contrastive alignment", {"steps": s.align_steps, "extra": s.overrides.get("align")},
+             lambda: step_align(s), [p["align"]], ["distill"]),
         Step("export", "export ONNX bundle (fp32 + int8)", {}, lambda: step_export(s), [p["bundle"]], ["align"]),
         Step("eval", "evaluate teacher vs students, every language", {}, lambda: step_eval(s), [p["eval"]], ["export"]),
         Step("bench", "speed and size: teacher vs student", {}, lambda: step_bench(s), [p["bench"]], ["export"]),

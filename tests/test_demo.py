@@ -13,7 +13,14 @@ from dcclip.demo import DemoSettings, DemoStepError, run_demo
 
 def tiny(out) -> DemoSettings:
     return DemoSettings(
-        out=out, train_samples=120, eval_samples=90, teacher_steps=3, distill_steps=3, align_steps=2, vocab_size=600
+        out=out,
+        train_samples=120,
+        eval_samples=90,
+        teacher_image_steps=3,
+        teacher_text_steps=2,
+        distill_steps=3,
+        align_steps=2,
+        vocab_size=600,
     )
 
 
@@ -34,15 +41,34 @@ def test_tiny_demo_end_to_end_then_reuse_and_recover(tmp_path, monkeypatch, caps
     for model in shapes["models"]:
         for lang in shapes["langs"][:-1]:
             assert shapes["values"][model][lang] == pytest.approx(eval_report["results"][model][lang]["top1"])
+    lang = shapes["langs"][0]
+    for model in shapes["models"]:  # every top-1 carries the eval report's interval and count
+        assert shapes["ci95"][model][lang] == pytest.approx(eval_report["results"][model][lang]["top1_ci95"])
+    assert shapes["n"][lang] == eval_report["results"]["teacher"][lang]["n"] == settings.eval_samples
     markdown = (out / "report.md").read_text()
-    first_row = next(line for line in markdown.splitlines() if line.startswith(f"| {shapes['langs'][0]} |"))
-    cells = [float(c.strip().rstrip("%")) / 100 for c in first_row.split("|")[2:-1]]
-    expected = [shapes["values"][m][shapes["langs"][0]] for m in shapes["models"]]
-    assert cells == pytest.approx(expected, abs=6e-4)
+    first_row = next(line for line in markdown.splitlines() if line.startswith(f"| {lang} |"))
+    cells = [re.fullmatch(r"([\d.]+)% \[([\d.]+), ([\d.]+)\]", c.strip()) for c in first_row.split("|")[3:-1]]
+    assert int(first_row.split("|")[2]) == shapes["n"][lang]
+    for match, model in zip(cells, shapes["models"], strict=True):
+        figures = [float(x) / 100 for x in match.groups()]
+        assert figures == pytest.approx([shapes["values"][model][lang], *shapes["ci95"][model][lang]], abs=6e-4)
     assert {"teacher", "student stage 1", "student stage 2", "student ONNX fp32", "student ONNX int8"} == set(
         shapes["models"]
     )
-    assert report["speed_size"]["rows"][0]["model"].startswith("teacher")
+
+    # retention: each student's top-1 over the teacher's English top-1; the headline summarises stage 1 and 2
+    teacher_en = shapes["teacher_en"]["top1"]
+    for model, ratios in shapes["retention"].items():
+        expected = None if not teacher_en else shapes["values"][model][lang] / teacher_en
+        assert ratios[lang] == (expected if expected is None else pytest.approx(expected))
+    assert set(saved["headline"]["zeroshot_digits"]["retention"]) == {"student stage 1", "student stage 2"}
+    assert "## Headline" in markdown and "Retention" in markdown
+
+    # speed and size: every model in onnxruntime, the teacher's ONNX export checked against torch
+    rows = report["speed_size"]["rows"]
+    assert rows[0]["model"].startswith("teacher") and [r["precision"] for r in rows] == ["fp32", "fp32", "int8"]
+    assert all("onnxruntime" in r["model"] and r["image_ms"] > 0 and r["bytes"] > 0 for r in rows)
+    assert report["speed_size"]["teacher_onnx"]["parity"]["min_cosine"] >= 0.9999
 
     # the bundle classifies, without torch, through the public API
     from dcclip.runtime.classifier import ZeroShotClassifier
