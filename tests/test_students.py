@@ -240,8 +240,9 @@ def test_logit_scale_is_stored_as_log() -> None:
 
 
 def test_student_preprocess() -> None:
-    assert student_preprocess("demo-student") == Preprocess(
-        image_size=64, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
+    assert student_preprocess("demo-student") == Preprocess(image_size=48)  # the stand-in teacher's input exactly
+    assert student_preprocess("mnv4s-text6") == Preprocess(
+        image_size=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
     )
     defaults = student_preprocess({"image": {"timm_model": "test_vit"}})  # the rest from timm's pretrained config
     assert defaults.image_size == 160 and defaults.mean == (0.5, 0.5, 0.5)

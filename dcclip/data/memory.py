@@ -19,7 +19,7 @@ import numpy as np
 
 from dcclip.config import DataConfig
 from dcclip.data.augment import augment_views
-from dcclip.data.pipeline import choose_captions, language_weights
+from dcclip.data.pipeline import EpochPosition, choose_captions, language_weights
 from dcclip.data.shards import ShardError, image_field, iter_tar_samples, parse_meta, shard_paths
 from dcclip.runtime.preprocess import ImageDecodeError, Preprocess, decode_image
 
@@ -87,7 +87,7 @@ def normalise(images: np.ndarray, pre: Preprocess) -> Any:
     return ((pixels - mean) / std).contiguous()
 
 
-class MemoryLoader:
+class MemoryLoader(EpochPosition):
     """Batches for one rank from a decoded shard set, epoch after epoch, with a resumable position."""
 
     def __init__(
@@ -165,15 +165,7 @@ class MemoryLoader:
             batch = self.batch(self.batch_in_epoch)
             self.batch_in_epoch += 1
             yield batch
-        self.epoch += 1
-        self.batch_in_epoch = 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "skipped_samples": self.skipped_samples}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch = int(state["epoch"])
-        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self.next_epoch()
 
 
 def _caption_counts(meta: Sequence[dict[str, Any]]) -> dict[str, int]:

@@ -290,7 +290,27 @@ class _IterableAdapter:
         return _Dataset()
 
 
-class ShardLoader:
+class EpochPosition:
+    """Where a loader stands (epoch, batches taken in it, samples skipped so far): what a checkpoint saves."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    skipped_samples: int = 0
+
+    def next_epoch(self) -> None:
+        self.epoch += 1
+        self.batch_in_epoch = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "skipped_samples": self.skipped_samples}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch = int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self.skipped_samples = int(state.get("skipped_samples", self.skipped_samples))
+
+
+class ShardLoader(EpochPosition):
     """Batches for one rank, epoch after epoch, with a resumable position (epoch, batches taken in that epoch)."""
 
     def __init__(
@@ -381,16 +401,7 @@ class ShardLoader:
             self.batch_in_epoch += 1
             self.skipped_samples += batch["n_skipped"]
             yield batch
-        self.epoch += 1
-        self.batch_in_epoch = 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "skipped_samples": self.skipped_samples}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.epoch = int(state["epoch"])
-        self.batch_in_epoch = int(state["batch_in_epoch"])
-        self.skipped_samples = int(state.get("skipped_samples", 0))
+        self.next_epoch()
 
 
 def _manifest_counts(source: str) -> dict[str, Any]:
