@@ -180,7 +180,7 @@ def step_export(s: DemoSettings) -> dict[str, Any]:
         p["bundle"],
         precision="both",
         calib_shards=str(p["world"] / "train"),
-        eval_set=p["world"] / "eval" / "shapes",
+        eval_set=[p["world"] / "eval" / name for name in EVAL_SETS],  # int8 judged on shapes and digits
     )
     return {"bundle": str(p["bundle"]), "parity": manifest.get("parity", {})}
 
