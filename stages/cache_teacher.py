@@ -22,15 +22,14 @@ from dcclip.data.shards import (
     ShardError,
     ShardInfo,
     build_manifest,
-    image_field,
+    decode_sample,
     iter_tar_samples,
-    parse_meta,
     shard_paths,
     write_json_atomic,
     write_shard,
 )
 from dcclip.engine.distributed import DistEnv, all_reduce_sum_int, barrier, init_distributed, shutdown_distributed
-from dcclip.runtime.preprocess import ImageDecodeError, decode_image
+from dcclip.runtime.preprocess import ImageDecodeError
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +39,8 @@ def decoded_samples(url: str, teacher: Any, skipped: list[str]) -> Iterator[tupl
     for sample in iter_tar_samples(url):
         key = sample["__key__"]
         try:
-            meta = parse_meta(sample)
-            ext = image_field(sample)
-            if ext is None:
-                raise ShardError(f"sample {key}: no image field")
-            pixels = torch.from_numpy(teacher.preprocess(decode_image(sample[ext])))
+            meta, image = decode_sample(sample)
+            pixels = torch.from_numpy(teacher.preprocess(image))
             source = meta["captions"][meta.get("source_lang") or next(iter(meta["captions"]))]
         except (ShardError, ImageDecodeError, KeyError, ValueError) as exc:
             log.warning("%s: skipping %s: %s", url, key, exc)

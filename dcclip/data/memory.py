@@ -20,8 +20,8 @@ import numpy as np
 from dcclip.config import DataConfig
 from dcclip.data.augment import augment_views
 from dcclip.data.pipeline import EpochPosition, choose_captions, language_weights
-from dcclip.data.shards import ShardError, image_field, iter_tar_samples, parse_meta, shard_paths
-from dcclip.runtime.preprocess import ImageDecodeError, Preprocess, decode_image
+from dcclip.data.shards import ShardError, decode_sample, iter_tar_samples, shard_paths
+from dcclip.runtime.preprocess import ImageDecodeError, Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +57,8 @@ def decode_shard_set(source: str, preprocesses: Sequence[Preprocess], progress: 
         for sample in iter_tar_samples(url):
             key = sample["__key__"]
             try:
-                info = parse_meta(sample)
-                ext = image_field(sample)
-                if ext is None:
-                    raise ShardError(f"sample {key}: no image field")
-                image = decode_image(sample[ext]).convert("RGB")
+                info, image = decode_sample(sample)
+                image = image.convert("RGB")
                 resized = {g: np.asarray(p.resize(image), dtype=np.uint8) for g, p in geometries.items()}
             except (ShardError, ImageDecodeError, ValueError, KeyError) as exc:
                 log.warning("%s: skipping %s: %s", url, key, exc)

@@ -353,6 +353,17 @@ def image_field(sample: dict[str, Any]) -> str | None:
     return next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
 
 
+def decode_sample(sample: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """A raw sample's checked metadata and decoded PIL image; raises ShardError / ImageDecodeError naming the key."""
+    from dcclip.runtime.preprocess import decode_image
+
+    meta = parse_meta(sample)
+    ext = image_field(sample)
+    if ext is None:
+        raise ShardError(f"sample {sample.get('__key__', '?')}: no image field")
+    return meta, decode_image(sample[ext])
+
+
 def parse_meta(sample: dict[str, Any]) -> dict[str, Any]:
     """Parse and check a sample's ``json`` field; raises ShardError naming the key and the problem."""
     key = sample.get("__key__", "?")
