@@ -42,7 +42,7 @@ class DemoSettings:
     train_samples: int = 6000
     eval_samples: int = 900  # per eval set: 10 images per class for the 90 shape classes, 90 per digit
     teacher_image_steps: int = 1100
-    teacher_text_steps: int = 300
+    teacher_text_steps: int = 150
     distill_steps: int = 800
     align_steps: int = 150
     vocab_size: int = 4000
