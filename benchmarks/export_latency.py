@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table, write_result
 
-from dcclip.demo_report import median_ms
+from dcclip.demo.report import median_ms
 
 EMBED_DIM = 512
 VOCAB = 32000

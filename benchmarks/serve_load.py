@@ -42,9 +42,8 @@ def export_demo_bundle(root: Path) -> Path:
     """Export the demo student with random weights (64 px, embed dim 128) as an fp32 bundle under ``root``."""
     import torch
 
-    from dcclip.engine.checkpoint import write_checkpoint
     from dcclip.export.bundle import export_bundle
-    from dcclip.models.students import build_student, student_preprocess
+    from dcclip.models.students import build_student, save_student_checkpoint
     from dcclip.models.tokenizers import TextTokenizer, train_tokenizer
     from dcclip.runtime.classifier import DEFAULT_TEMPLATES
 
@@ -53,14 +52,7 @@ def export_demo_bundle(root: Path) -> Path:
     tok = TextTokenizer.from_path(tok_path)
     torch.manual_seed(0)
     student = build_student("demo-student", embed_dim=128, vocab_size=tok.vocab_size, pad_id=tok.pad_id)
-    config = {
-        "arch": student.arch,
-        "preprocess": student_preprocess(student.arch).to_dict(),
-        "tokenizer": "tokenizer.json",
-        "max_text_len": 48,
-        "langs": LANGS,
-    }
-    checkpoint = write_checkpoint(root / "run", 1, student, config, None, {"tokenizer.json": tok_path})
+    checkpoint = save_student_checkpoint(root / "run", 1, student, tok_path, LANGS, max_text_len=48)
     export_bundle(checkpoint, root / "bundle", precision="fp32")
     return root / "bundle"
 

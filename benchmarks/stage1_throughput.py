@@ -63,7 +63,7 @@ def run_in_memory(cfg, out: Path) -> float:
     """Build the cached run, take one real batch, then train on it from memory."""
     from dcclip.engine.distributed import init_distributed
     from dcclip.engine.loop import fit
-    from dcclip.engine.runs import prepare_run
+    from dcclip.stages.build import prepare_run
 
     env = init_distributed(cfg.train.device)
     prepared = prepare_run(cfg, env)
@@ -86,8 +86,8 @@ def main() -> None:
 
     from dcclip.data.shards import iter_captions
     from dcclip.data.world import generate_world
-    from dcclip.engine.runs import run_stage
     from dcclip.models.tokenizers import train_tokenizer
+    from dcclip.stages.build import run_stage
     from dcclip.stages.cache_teacher import run as cache_teacher
 
     tmp = Path(tempfile.mkdtemp(prefix="dcclip-stage1-"))

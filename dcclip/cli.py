@@ -36,7 +36,7 @@ def _cmd_world(args: argparse.Namespace) -> int:
 
 
 def _cmd_shards_build(args: argparse.Namespace) -> int:
-    from dcclip.data.shard_tools import build_shards
+    from dcclip.data.shard_build import build_shards
 
     manifest = build_shards(
         args.source_kind,
@@ -59,7 +59,7 @@ def _cmd_shards_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_shards_validate(args: argparse.Namespace) -> int:
-    from dcclip.data.shard_tools import validate_shards
+    from dcclip.data.shard_validate import validate_shards
 
     report = validate_shards(args.dir)
     print(report.format_table())
@@ -67,7 +67,7 @@ def _cmd_shards_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_shards_inspect(args: argparse.Namespace) -> int:
-    from dcclip.data.shard_tools import format_inspect, inspect_shards
+    from dcclip.data.shard_inspect import format_inspect, inspect_shards
 
     stats = inspect_shards(args.dir, contact_sheet=Path(args.contact_sheet) if args.contact_sheet else None, n=args.n)
     print(json.dumps(stats, indent=2, ensure_ascii=False) if args.json else format_inspect(stats))
@@ -126,7 +126,7 @@ def _cmd_cache_teacher(args: argparse.Namespace) -> int:
 
 
 def _cmd_teacher_train_demo(args: argparse.Namespace) -> int:
-    from dcclip.models.demo_teacher import TeacherRecipe, train_demo_teacher
+    from dcclip.demo.teacher import TeacherRecipe, train_demo_teacher
 
     steps = {"image_steps": args.image_steps, "text_steps": args.text_steps}
     recipe = TeacherRecipe(seed=args.seed, **{k: v for k, v in steps.items() if v is not None})
@@ -412,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that describe bad input (a path, a spec, a checkpoint), printed without a traceback."""
     errors: list[type[BaseException]] = [FileNotFoundError, ValueError, ImportError]
-    known = {"dcclip.engine.checkpoint": "CheckpointError", "dcclip.models.teachers": "TeacherLoadError"}
+    known = {"dcclip.checkpoint": "CheckpointError", "dcclip.models.teachers": "TeacherLoadError"}
     for module, name in known.items():
         loaded = sys.modules.get(module)  # a module never imported cannot have raised its error
         if loaded is not None:

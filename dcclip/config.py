@@ -14,29 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
 T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A config value or key is wrong; the message names its dotted path."""
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """Image preprocessing of a model; training, caching and the exported runtime all apply exactly this."""
-
-    image_size: int = 224
-    mean: tuple[float, float, float] = OPENAI_MEAN
-    std: tuple[float, float, float] = OPENAI_STD
-    resize_mode: Literal["shortest", "squash"] = "shortest"  # shortest: resize short side then centre crop
-    interpolation: Literal["bicubic", "bilinear"] = "bicubic"
-
-    def validate(self, path: str) -> None:
-        _require(self.image_size >= 8, f"{path}.image_size", "must be >= 8")
-        _require(all(s > 0 for s in self.std), f"{path}.std", "must be positive")
 
 
 @dataclass(frozen=True)
@@ -368,13 +350,8 @@ def load_config(config: str | Path | None = None, overrides: list[str] | None = 
 
 def save_config(cfg: Any, path: Path) -> Path:
     """Write the resolved config as YAML, atomically; every run directory gets one."""
-    import os
-
     import yaml
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    from dcclip.io import write_text_atomic
+
+    return write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))

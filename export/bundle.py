@@ -26,17 +26,23 @@ import numpy as np
 from PIL import Image
 
 from dcclip import __version__
-from dcclip.data.shards import write_json_atomic
+from dcclip.io import write_json_atomic
 from dcclip.models.students import LoadedStudent, load_student_checkpoint
-from dcclip.runtime.bundle import BUNDLE_FORMAT, FORMAT_VERSION, MANIFEST_FILE, TOKENIZER_FILE, sha256_file
+from dcclip.runtime.bundle import (
+    BUNDLE_FORMAT,
+    FORMAT_VERSION,
+    IMAGE_INPUT,
+    IMAGE_OUTPUT,
+    MANIFEST_FILE,
+    TEXT_INPUTS,
+    TEXT_OUTPUT,
+    TOKENIZER_FILE,
+    sha256_file,
+)
 
 from .errors import ExportError
 from .onnx import (
     EXPORTERS,
-    IMAGE_INPUT,
-    IMAGE_OUTPUT,
-    TEXT_INPUTS,
-    TEXT_OUTPUT,
     ExportRecord,
     export_image_tower,
     export_text_tower,

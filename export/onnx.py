@@ -25,15 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dcclip.runtime.bundle import IMAGE_INPUT, IMAGE_OUTPUT, TEXT_INPUTS, TEXT_OUTPUT
+
 from .errors import ExportError
 
 __all__ = [
     "EXPORTERS",
-    "IMAGE_INPUT",
-    "IMAGE_OUTPUT",
     "OPSET",
-    "TEXT_INPUTS",
-    "TEXT_OUTPUT",
     "ExportRecord",
     "ImageTower",
     "TextTower",
@@ -47,10 +45,6 @@ log = logging.getLogger(__name__)
 
 OPSET = 18
 EXPORTERS = ("dynamo", "torchscript")
-IMAGE_INPUT = "pixel_values"
-IMAGE_OUTPUT = "image_embeds"
-TEXT_INPUTS = ("input_ids", "attention_mask")
-TEXT_OUTPUT = "text_embeds"
 PROTOBUF_LIMIT = 2 * 1024**3
 EXTERNAL_DATA_MARGIN = 64 * 1024**2  # graph structure and constants beside the weights
 

@@ -55,10 +55,10 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from PIL import Image
 
+from dcclip.runtime.bundle import IMAGE_INPUT
 from dcclip.runtime.preprocess import ImageDecodeError, Preprocess, decode_image
 
 from .errors import ExportError
-from .onnx import IMAGE_INPUT
 
 __all__ = [
     "CONV_HEAVY_MIN_CONVS",

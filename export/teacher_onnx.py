@@ -24,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dcclip.runtime.bundle import IMAGE_INPUT, IMAGE_OUTPUT, TEXT_INPUTS, TEXT_OUTPUT
+
 from .errors import ExportError
-from .onnx import EXPORTERS, IMAGE_INPUT, IMAGE_OUTPUT, TEXT_INPUTS, TEXT_OUTPUT, ExportRecord, _export, _Spec
+from .onnx import EXPORTERS, ExportRecord, _export, _Spec
 from .validate import CAPTIONS, FP32_MIN_COSINE, compare_embeddings
 
 __all__ = [

@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from dcclip.runtime.preprocess import ImageDecodeError, Preprocess, decode_image
+from dcclip.runtime.bundle import IMAGE_INPUT, TEXT_INPUTS
+from dcclip.runtime.preprocess import Preprocess
+from dcclip.runtime.prompts import class_embeddings, fill_templates
 
 from .errors import ExportError
-from .onnx import IMAGE_INPUT, TEXT_INPUTS
 
 __all__ = [
     "FP32_MIN_COSINE",
@@ -197,54 +198,29 @@ def synthetic_images(n: int, seed: int = 0) -> list[Image.Image]:
     return images
 
 
-def _sample_dir(path: Path) -> Path:
-    """Where a clip_benchmark set keeps its shards: ``test/`` when present, else the directory itself."""
-    return path / "test" if (path / "test").is_dir() else path
-
-
-def _read_json_or_lines(path: Path, json_name: str, text_name: str) -> dict[str, list[str]]:
-    """Per-language lists from ``json_name``, else the English list from the one-per-line ``text_name``."""
-    if (path / json_name).is_file():
-        data = json.loads((path / json_name).read_text("utf-8"))
-        return {str(lang): [str(item) for item in items] for lang, items in data.items()}
-    if (path / text_name).is_file():
-        lines = [line.strip() for line in (path / text_name).read_text("utf-8").splitlines()]
-        return {"en": [line for line in lines if line]}
-    return {}
-
-
 def load_zero_shot_set(
     path: Path, preprocess: Preprocess, max_images: int = DEFAULT_EVAL_IMAGES, langs: Sequence[str] | None = None
 ) -> ZeroShotSet:
-    """A sample of a clip_benchmark-layout classification set (classnames/templates JSON or txt, shards of jpg+cls)."""
-    from dcclip.data.shards import image_field, iter_samples
+    """A sample of a zero-shot classification set, read by the evaluation's own reader (clip_benchmark layout or
+    ImageFolder); undecodable images are skipped and logged."""
+    from dcclip.eval.datasets import ClassificationDataset, DatasetError, open_dataset
 
     path = Path(path)
-    classnames = _read_json_or_lines(path, "classnames.json", "classnames.txt")
-    if not classnames:
-        raise ExportError(f"{path}: not a zero-shot set (no classnames.json or classnames.txt)")
-    templates = _read_json_or_lines(path, "templates.json", "zeroshot_classification_templates.txt")
-    wanted = [lang for lang in classnames if not langs or lang in langs] or list(classnames)
-    images, labels = [], []
-    for sample in iter_samples(_sample_dir(path)):
-        field = image_field(sample)
-        if field is None:
-            continue
-        try:
-            images.append(preprocess(decode_image(sample[field])))
-        except ImageDecodeError as exc:
-            log.warning("skipping eval image %s: %s", sample.get("__key__"), exc)
-            continue
-        labels.append(int(sample["cls"]) if "cls" in sample else -1)
-        if len(images) >= max_images:
-            break
-    if not images:
+    try:
+        dataset = open_dataset(path, max_samples=max_images)
+        if not isinstance(dataset, ClassificationDataset):
+            raise ExportError(f"{path}: a retrieval set; int8 agreement is measured on a classification set")
+        pairs = [(preprocess(image), label) for image, label in dataset.samples(skip_undecodable=True)]
+    except DatasetError as exc:
+        raise ExportError(f"{path}: not a usable zero-shot set: {exc}") from exc
+    if not pairs:
         raise ExportError(f"{path}: no decodable images in the eval set")
+    wanted = [lang for lang in dataset.langs if not langs or lang in langs] or dataset.langs
     return ZeroShotSet(
-        pixels=np.stack(images).astype(np.float32),
-        labels=np.asarray(labels) if min(labels) >= 0 else None,
-        classnames={lang: classnames[lang] for lang in wanted},
-        templates={lang: templates.get(lang) or ["{c}"] for lang in wanted},
+        pixels=np.stack([pixels for pixels, _ in pairs]).astype(np.float32),
+        labels=np.asarray([label for _, label in pairs]),
+        classnames={lang: dataset.classnames[lang] for lang in wanted},
+        templates={lang: dataset.templates[lang] for lang in wanted},
         source=str(path),
     )
 
@@ -365,10 +341,8 @@ def same_top1(reference_scores: np.ndarray, candidate_top: np.ndarray) -> np.nda
 def _class_embeddings(
     encoder: Encoder, tokenizer: Any, names: list[str], templates: list[str], max_len: int
 ) -> np.ndarray:
-    """Normalised mean of the normalised template embeddings of every class."""
-    texts = [template.replace("{c}", name) for name in names for template in templates]
-    emb = _batched_texts(encoder, tokenizer, texts, max_len).reshape(len(names), len(templates), -1).mean(1)
-    return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    """Class embeddings by the runtime's prompt ensembling."""
+    return class_embeddings(_batched_texts(encoder, tokenizer, fill_templates(names, templates), max_len), len(names))
 
 
 def _zero_shot(reference: Encoder, candidate: Encoder, zs: ZeroShotSet, tokenizer: Any, max_len: int) -> dict[str, Any]:

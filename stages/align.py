@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dcclip.config import RunConfig
-from dcclip.engine.runs import run_stage
+from dcclip.stages.build import run_stage
 
 
 def run(cfg: RunConfig) -> dict:

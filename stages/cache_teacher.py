@@ -16,19 +16,21 @@ from typing import Any
 import torch
 
 from dcclip.config import RunConfig
-from dcclip.data.features import IMG_EMB, IMG_FMAP, TXT_EMB, npy_bytes, teacher_fingerprint, write_teacher_json
+from dcclip.data.features import IMG_EMB, IMG_FMAP, TXT_EMB, npy_bytes, write_teacher_json
 from dcclip.data.shards import (
     MANIFEST_NAME,
     ShardError,
     ShardInfo,
     build_manifest,
+    chunked,
     decode_sample,
     iter_tar_samples,
     shard_paths,
-    write_json_atomic,
     write_shard,
 )
 from dcclip.engine.distributed import DistEnv, all_reduce_sum_int, barrier, init_distributed, shutdown_distributed
+from dcclip.io import write_json_atomic
+from dcclip.models.teacher_spec import teacher_fingerprint
 from dcclip.runtime.preprocess import ImageDecodeError
 
 log = logging.getLogger(__name__)
@@ -49,21 +51,10 @@ def decoded_samples(url: str, teacher: Any, skipped: list[str]) -> Iterator[tupl
         yield key, pixels, source
 
 
-def batched(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 @torch.no_grad()
 def feature_samples(url: str, teacher: Any, batch_size: int, with_fmap: bool, skipped: list[str], device) -> Iterator:
     """Encode one shard batch by batch; yields (key, {field: fp16 npy bytes}) in the shard's order."""
-    for batch in batched(decoded_samples(url, teacher, skipped), batch_size):
+    for batch in chunked(decoded_samples(url, teacher, skipped), batch_size):
         keys, pixels, texts = zip(*batch, strict=True)
         img_emb, fmap = teacher.encode_image(torch.stack(pixels).to(device))
         txt_emb = teacher.encode_text(list(texts))

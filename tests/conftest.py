@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from contextlib import contextmanager
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -45,6 +46,27 @@ def write_shard_set(out: Path, n: int, per_shard: int, langs_of=None, extra_fiel
                 fields.update(extra_fields(i))
             writer.add(f"s{i:05d}", fields, {"captions": captions, "source_lang": "en"})
     return out
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run a block with ``n`` torch threads, restoring the previous count after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared CPU run fastest on one torch thread (no OpenMP spin-waiting, no fight for cores).
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from dcclip.engine import checkpoint as ckpt
+from dcclip import checkpoint as ckpt
 from dcclip.engine.distributed import gather_embeddings
 from dcclip.losses import contrastive_loss
 

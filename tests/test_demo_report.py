@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dcclip.demo_report import (
+from dcclip.demo.report import (
     accuracy_table,
     eval_classes,
     headline,

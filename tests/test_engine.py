@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dcclip import checkpoint as ckpt
 from dcclip.config import load_config
-from dcclip.engine import checkpoint as ckpt
-from dcclip.engine.runs import run_stage
+from dcclip.stages.build import run_stage
 
 
 def distill_config(toy_world, tokenizer_path, teacher_spec, out_dir, *extra):

@@ -32,22 +32,14 @@ def world(tmp_path_factory) -> Path:
 def student_run(world, tmp_path_factory) -> Path:
     """A run directory holding one checkpoint of a tiny random student, saved the way training saves it."""
     from dcclip.data.shards import iter_captions
-    from dcclip.engine.checkpoint import write_checkpoint
-    from dcclip.models.students import build_student, student_preprocess
+    from dcclip.models.students import build_student, save_student_checkpoint
     from dcclip.models.tokenizers import TextTokenizer, train_tokenizer
 
     tok_path = train_tokenizer(iter_captions(world / "train"), 300, tmp_path_factory.mktemp("eval_tok"))
     tok = TextTokenizer.from_path(tok_path)
     student = build_student("test-student", embed_dim=32, vocab_size=tok.vocab_size, pad_id=tok.pad_id)
-    config = {
-        "arch": student.arch,
-        "preprocess": student_preprocess(student.arch).to_dict(),
-        "tokenizer": "tokenizer.json",
-        "max_text_len": 16,
-        "langs": ["en", "fr"],
-    }
     run_dir = tmp_path_factory.mktemp("eval_run") / "tiny"
-    write_checkpoint(run_dir, 1, student, config, None, {"tokenizer.json": tok_path})
+    save_student_checkpoint(run_dir, 1, student, tok_path, ["en", "fr"], max_text_len=16)
     return run_dir
 
 

@@ -23,8 +23,7 @@ def make_checkpoint(root: Path, name: str = "test-student", langs: list[str] | N
     """Train a tokenizer, build a real student with random weights and save it as a checkpoint under ``root``."""
     import torch
 
-    from dcclip.engine.checkpoint import write_checkpoint
-    from dcclip.models.students import build_student, student_preprocess
+    from dcclip.models.students import build_student, save_student_checkpoint
     from dcclip.models.tokenizers import TextTokenizer, train_tokenizer
 
     texts = [f"{text} {i}" for i in range(50) for text in CAPTIONS.values()]
@@ -32,14 +31,7 @@ def make_checkpoint(root: Path, name: str = "test-student", langs: list[str] | N
     tok = TextTokenizer.from_path(tok_path)
     torch.manual_seed(seed)
     student = build_student(name, embed_dim=32, fmap_channels=None, vocab_size=tok.vocab_size, pad_id=tok.pad_id)
-    config = {
-        "arch": student.arch,
-        "preprocess": student_preprocess(student.arch).to_dict(),
-        "tokenizer": "tokenizer.json",
-        "max_text_len": student.arch["text"]["max_length"],
-        "langs": TEST_LANGS if langs is None else langs,
-    }
-    return write_checkpoint(root / "run", 1, student, config, None, {"tokenizer.json": tok_path})
+    return save_student_checkpoint(root / "run", 1, student, tok_path, TEST_LANGS if langs is None else langs)
 
 
 def shared_bundle(base: Path) -> tuple[Path, Path, Path]:

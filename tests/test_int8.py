@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 from test_export_helpers import scene, shared_bundle, write_eval_set
 
 import dcclip.export.bundle as bundle_module
@@ -24,14 +23,7 @@ from dcclip.runtime.classifier import ZeroShotClassifier
 from dcclip.runtime.errors import BundleError
 from dcclip.runtime.preprocess import decode_image
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared CPU: one torch thread avoids OpenMP spin-waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from conftest import torch_threads
 from PIL import Image
 
 from dcclip.runtime.classifier import ZeroShotClassifier
@@ -49,30 +50,18 @@ def export_tiny_bundle(root: Path) -> Path:
     """Tokenizer -> test student (random weights) -> checkpoint -> fp32 bundle, all under ``root``."""
     import torch
 
-    from dcclip.engine.checkpoint import write_checkpoint
     from dcclip.export.bundle import export_bundle
-    from dcclip.models.students import build_student, student_preprocess
+    from dcclip.models.students import build_student, save_student_checkpoint
     from dcclip.models.tokenizers import TextTokenizer, train_tokenizer
 
     words = ["a red circle", "un cercle rouge", "一个红色的圆形", "a blue square", "un carré bleu", "蓝色方块"]
     tok_path = train_tokenizer([f"{text} {i}" for i in range(40) for text in words], 300, root / "tokenizer")
     tok = TextTokenizer.from_path(tok_path)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared CPU: avoid OpenMP spin-waiting
-    try:
+    with torch_threads(1):  # tiny models on a shared CPU: avoid OpenMP spin-waiting
         torch.manual_seed(0)
         student = build_student("test-student", embed_dim=32, vocab_size=tok.vocab_size, pad_id=tok.pad_id)
-        config = {
-            "arch": student.arch,
-            "preprocess": student_preprocess(student.arch).to_dict(),
-            "tokenizer": "tokenizer.json",
-            "max_text_len": 16,
-            "langs": LANGS,
-        }
-        checkpoint = write_checkpoint(root / "run", 1, student, config, None, {"tokenizer.json": tok_path})
+        checkpoint = save_student_checkpoint(root / "run", 1, student, tok_path, LANGS, max_text_len=16)
         export_bundle(checkpoint, root / "bundle", precision="fp32")
-    finally:
-        torch.set_num_threads(threads)
     return root / "bundle"
 
 

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dcclip.data.shard_tools import build_shards, format_inspect, inspect_shards, validate_shards
+from dcclip.data.shard_build import build_shards
+from dcclip.data.shard_inspect import format_inspect, inspect_shards
+from dcclip.data.shard_validate import validate_shards
 from dcclip.data.shards import (
     MANIFEST_NAME,
     ShardError,
@@ -195,7 +197,7 @@ def test_build_from_folder_pairs_json_and_txt(tmp_path, caplog):
     (src / "sub" / "b.json").write_text(json.dumps({"en": "a square", "ru": "квадрат", "url": "http://x"}))
     (src / "c.txt").write_text("  a triangle \n", encoding="utf-8")
 
-    with caplog.at_level(logging.INFO, logger="dcclip.data.shard_tools"):
+    with caplog.at_level(logging.INFO, logger="dcclip.data.shard_build"):
         manifest = build_shards("folder", src, tmp_path / "out", progress=False)
 
     samples = samples_by_key(tmp_path / "out")
@@ -320,7 +322,7 @@ def test_build_skips_exactly_the_bad_csv_rows(tmp_path, caplog):
     table = tmp_path / "data.csv"
     table.write_bytes(b"\r\n".join(rows) + b"\r\n")
 
-    with caplog.at_level(logging.INFO, logger="dcclip.data.shard_tools"):
+    with caplog.at_level(logging.INFO, logger="dcclip.data.shard_build"):
         manifest = build_shards("csv", table, tmp_path / "out", max_count=2, progress=False)
 
     assert sorted(samples_by_key(tmp_path / "out")) == ["g1", "g2", "g3"]

@@ -13,23 +13,17 @@ open_clip = pytest.importorskip("open_clip")
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
+from dcclip.demo.teacher import save_open_clip_dir  # noqa: E402
 from dcclip.export.errors import ExportError  # noqa: E402
 from dcclip.export.onnx import graph_io_shapes  # noqa: E402
 from dcclip.export.teacher_onnx import RECORD_FILE, TEXT_INPUT, export_teacher_onnx  # noqa: E402
-from dcclip.models.demo_teacher import save_open_clip_dir  # noqa: E402
 from dcclip.models.registry import get_model_config  # noqa: E402
 from dcclip.models.teachers import load_teacher  # noqa: E402
 
 TIMM_VISION = {"timm_model_name": "test_resnet", "timm_pool": "avg", "image_size": 48}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models export and run fastest on one thread (and leave the other cores to other work)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def saved_teacher(root: Path, vision_cfg: dict | None, seed: int) -> str:

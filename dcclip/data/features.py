@@ -1,12 +1,11 @@
 """Cached teacher features: the ``.npy`` fields beside each sample and the shard set's ``teacher.json``.
 
-A student run compares the fingerprint recorded in ``teacher.json`` with the one its own config implies, without
-loading the teacher, and refuses features made by another teacher.
+A student run compares the fingerprint recorded in ``teacher.json`` with the one its own config implies (computed by
+``dcclip.models.teacher_spec.teacher_fingerprint``, without loading the teacher) and refuses features made by another.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from pathlib import Path
@@ -14,14 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from dcclip.data.shards import ShardError, write_json_atomic
+from dcclip.data.shards import ShardError
+from dcclip.io import write_json_atomic
 
 TEACHER_JSON = "teacher.json"
 IMG_EMB = "img_emb.npy"
 IMG_FMAP = "img_fmap.npy"
 TXT_EMB = "txt_emb.npy"
 FEATURES_FORMAT = "dcclip-teacher-features"
-_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
 class FeatureMismatchError(ShardError):
@@ -33,51 +32,6 @@ def npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array, dtype=np.float16), allow_pickle=False)
     return buffer.getvalue()
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _local_path(spec_part: str) -> Path | None:
-    """The local file or directory a spec names, if any (``openclip:/x.pt#ARCH``, ``hf:/dir``, ``mclip:/dir``)."""
-    body = spec_part.split(":", 1)[1] if ":" in spec_part else spec_part
-    body = body.removeprefix("local-dir:").split("#", 1)[0]
-    path = Path(body)
-    return path if path.exists() else None
-
-
-def local_weights_digest(path: Path) -> dict[str, str]:
-    """Content hashes of the weight files at a local path."""
-    if path.is_file():
-        return {path.suffix: _file_digest(path)}
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
-    return {str(p.relative_to(path)): _file_digest(p) for p in files}
-
-
-def spec_identity(spec_part: str) -> dict[str, Any]:
-    """What identifies a teacher spec: hub names as written; local paths by backend, architecture and weight bytes.
-
-    Features cached on one machine stay valid when the same checkpoint sits at another path on the next.
-    """
-    if not spec_part:
-        return {}
-    path = _local_path(spec_part)
-    if path is None:
-        return {"spec": spec_part}
-    backend = spec_part.split(":", 1)[0] if ":" in spec_part else ""
-    arch = spec_part.split("#", 1)[1] if "#" in spec_part else ""
-    return {"backend": backend, "arch": arch, "weights": local_weights_digest(path)}
-
-
-def teacher_fingerprint(spec: str, text_spec: str = "", feature_map: bool = True) -> str:
-    """What cached features depend on: the teacher (by identity, not path), the text teacher, the feature-map switch."""
-    payload = {"image": spec_identity(spec), "text": spec_identity(text_spec), "feature_map": feature_map}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def write_teacher_json(out_dir: Path, info: dict[str, Any]) -> Path:
@@ -112,9 +66,10 @@ def find_cached_features(train: str, features: str) -> tuple[str, dict[str, Any]
     return None
 
 
-def check_fingerprint(info: dict[str, Any], feature_dir: str, spec: str, text_spec: str, feature_map: bool) -> None:
-    """Refuse features from another teacher; the error names both teachers and both fingerprints."""
-    expected = teacher_fingerprint(spec, text_spec, feature_map)
+def check_fingerprint(
+    info: dict[str, Any], feature_dir: str, spec: str, text_spec: str, feature_map: bool, expected: str
+) -> None:
+    """Refuse features whose fingerprint is not ``expected`` (the run's teacher); the error names both teachers."""
     if info.get("fingerprint") != expected:
         raise FeatureMismatchError(
             f"cached features in {feature_dir} were made by teacher {info.get('spec')!r} "

@@ -17,7 +17,11 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from dcclip.io import atomic_path, write_json_atomic
+
+T = TypeVar("T")
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "dcclip-shards"
@@ -41,16 +45,27 @@ def safe_key(name: str) -> str:
     return key
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to a temporary name and rename it, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    text = json.dumps(payload, ensure_ascii=False, indent=2)
+def progress_bar(items: Iterable[T], total: int | None, enabled: bool, desc: str) -> Iterable[T]:
+    """Wrap an iterable in a tqdm bar when asked and tqdm is installed (it comes with the ``train`` extra)."""
+    if not enabled:
+        return items
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        from tqdm.auto import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, total=total, desc=desc, unit="it")
+
+
+def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Lists of at most ``size`` consecutive items from any iterable, streamed (nothing held beyond one list)."""
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _padded(size: int) -> int:
@@ -82,18 +97,12 @@ def add_sample(tar: tarfile.TarFile, key: str, payload: dict[str, bytes]) -> Non
 
 def write_shard(path: Path, samples: Iterable[tuple[str, dict[str, bytes]]]) -> int:
     """Write one tar shard atomically (temporary name, then rename); returns the number of samples."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     count = 0
-    try:
-        with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
-            for key, payload in samples:
-                _check_fields(key, payload)
-                add_sample(tar, key, payload)
-                count += 1
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path, tag="partial") as tmp, tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
+        for key, payload in samples:
+            _check_fields(key, payload)
+            add_sample(tar, key, payload)
+            count += 1
     return count
 
 

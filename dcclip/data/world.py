@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dcclip.data.shards import ShardSetWriter, write_json_atomic, write_shard
+from dcclip.data.shards import ShardSetWriter, write_shard
+from dcclip.io import write_json_atomic
 
 WORLD_FORMAT = "dcclip-world"
 WORLD_VERSION = 1

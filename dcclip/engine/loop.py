@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dcclip import checkpoint as ckpt
 from dcclip.config import OptimConfig, TrainConfig
-from dcclip.engine import checkpoint as ckpt
 from dcclip.engine.distributed import DistEnv, all_reduce_mean, all_reduce_sum_int, barrier
 from dcclip.engine.metrics import MetricsWriter, Throughput
 from dcclip.engine.optim import build_optimizer, build_scheduler

@@ -17,9 +17,11 @@ an evaluation streams a large set in batches.
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,9 @@ from PIL import Image
 
 from dcclip.data.shards import iter_tar_samples
 from dcclip.runtime.preprocess import decode_image
+from dcclip.runtime.prompts import PLACEHOLDER
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CLASSNAMES_JSON",
@@ -51,7 +56,6 @@ NSHARDS = "nshards.txt"
 WDS_IMAGE_FIELDS = ("webp", "png", "jpg", "jpeg")
 IMAGEFOLDER_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 DEFAULT_TEMPLATES = ("a photo of a {c}.",)  # CLIP's plain prompt, used only when a set ships no templates at all
-PLACEHOLDER = "{c}"
 
 
 class DatasetError(ValueError):
@@ -151,10 +155,11 @@ def read_classification_text(
 
 
 def wds_shards(root: Path, split: str = "test") -> list[Path]:
-    """``ROOT/split/0.tar .. {n-1}.tar`` as listed by the mandatory ``nshards.txt``; every shard must exist."""
+    """``ROOT/split/0.tar .. {n-1}.tar``, n from ``nshards.txt`` (or, without it, the numbered tars there, which must
+    run from 0 without a gap); every shard must exist."""
     nshards_file = root / split / NSHARDS
     if not nshards_file.is_file():
-        raise DatasetError(f"{nshards_file}: missing (clip_benchmark layout: ROOT/{split}/{NSHARDS} + N.tar shards)")
+        return _numbered_shards(root / split, nshards_file)
     try:
         count = int(nshards_file.read_text(encoding="ascii").strip())
     except ValueError as exc:
@@ -164,6 +169,17 @@ def wds_shards(root: Path, split: str = "test") -> list[Path]:
     if count < 1 or missing:
         raise DatasetError(f"{nshards_file}: says {count} shards but {missing[:3] or 'none'} are missing")
     return shards
+
+
+def _numbered_shards(split_dir: Path, nshards_file: Path) -> list[Path]:
+    """``0.tar .. {n-1}.tar`` found in a split directory that has no ``nshards.txt``."""
+    numbers = sorted(int(p.stem) for p in split_dir.glob("*.tar") if p.stem.isdigit())
+    if not numbers or numbers != list(range(len(numbers))):
+        raise DatasetError(
+            f"{nshards_file}: missing, and the tars in {split_dir} are not 0.tar..N-1.tar without a gap "
+            f"(found {[f'{n}.tar' for n in numbers[:5]]}); clip_benchmark layout: {NSHARDS} + N.tar shards"
+        )
+    return [split_dir / f"{n}.tar" for n in numbers]
 
 
 def _wds_image(sample: dict[str, Any]) -> Image.Image:
@@ -221,6 +237,7 @@ class ClassificationDataset:
     max_samples: int | None = None
     shards: list[Path] = field(default_factory=list)
     files: list[tuple[Path, int]] = field(default_factory=list)  # ImageFolder: (image path, label)
+    skipped: list[str] = field(default_factory=list)  # images left out by samples(skip_undecodable=True)
 
     @property
     def n_classes(self) -> int:
@@ -253,14 +270,27 @@ class ClassificationDataset:
                     f"{self.root / TEMPLATES_JSON}: no templates for language {lang!r} (has {sorted(self.templates)})"
                 )
 
-    def samples(self) -> Iterator[tuple[Image.Image, int]]:
-        """(PIL image, label) pairs in dataset order, at most ``max_samples``."""
+    def samples(self, skip_undecodable: bool = False) -> Iterator[tuple[Image.Image, int]]:
+        """(PIL image, label) pairs in dataset order, at most ``max_samples``; an image that does not decode raises
+        DatasetError naming it, or with ``skip_undecodable`` is logged, named in ``skipped`` and left out."""
+        for open_image, label, where in self._entries():
+            try:
+                yield open_image(), label
+            except DatasetError as exc:
+                if not skip_undecodable:
+                    raise
+                log.warning("skipping %s: %s", where, exc)
+                self.skipped.append(where)
+
+    def _entries(self) -> Iterator[tuple[Callable[[], Image.Image], int, str]]:
+        """(image opener, label, name) of every sample, labels checked before any image is decoded."""
         if self.layout == "wds":
             for sample in _iter_wds(self.shards, self.max_samples):
-                yield _wds_image(sample), _parse_cls(sample, self.n_classes)
+                where = f"{sample.get('__url__')}: sample {sample.get('__key__')!r}"
+                yield partial(_wds_image, sample), _parse_cls(sample, self.n_classes), where
             return
         for path, label in self.files[: self.max_samples]:
-            yield _open_file_image(path), label
+            yield partial(_open_file_image, path), label, str(path)
 
     def info(self) -> dict[str, Any]:
         """What a report records about the set: path, layout, classes, languages and where the texts came from."""

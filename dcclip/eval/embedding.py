@@ -6,13 +6,15 @@ where it happens instead of as a confusing metric.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from dcclip.eval.models import EmbeddingModel, batches, l2_normalize
+from dcclip.data.shards import chunked
+from dcclip.eval.models import EmbeddingModel, batches
+from dcclip.runtime.prompts import l2_normalize
 
 __all__ = ["embed_image_stream", "embed_texts", "progress_bar"]
 
@@ -73,18 +75,6 @@ def embed_texts(
     return _stack(parts, "text", model.name)
 
 
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    """Lists of at most ``size`` consecutive items from any iterable (streams without holding everything)."""
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 def embed_image_stream(
     model: EmbeddingModel,
     images: Iterable[Image.Image],
@@ -99,7 +89,7 @@ def embed_image_stream(
     bar = progress_bar(total, desc or f"{model.name}: images", progress)
     parts = []
     try:
-        for chunk in _chunks(images, batch_size):
+        for chunk in chunked(images, batch_size):
             parts.append(_checked(model.embed_images(chunk), len(chunk), "image", model.name))
             bar.update(len(chunk))
     finally:

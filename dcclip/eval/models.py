@@ -16,6 +16,10 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from dcclip.models.teacher_spec import CLIP_PREFIXES, PREFIXES
+from dcclip.runtime.bundle import BUNDLE_FORMAT
+from dcclip.runtime.prompts import l2_normalize
+
 __all__ = [
     "BUNDLE_FORMAT",
     "TEACHER_PREFIXES",
@@ -26,12 +30,10 @@ __all__ = [
     "TeacherModel",
     "batches",
     "default_name",
-    "l2_normalize",
     "load_model",
 ]
 
-BUNDLE_FORMAT = "dcclip-bundle"
-TEACHER_PREFIXES = ("openclip:", "hf:")
+TEACHER_PREFIXES = CLIP_PREFIXES  # specs eval loads as a model; mclip: is a text side (--teacher-text)
 DEFAULT_BATCH_SIZE = 64
 
 
@@ -52,13 +54,6 @@ class EmbeddingModel(Protocol):
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """Texts -> L2-normalised float32 embeddings [N, D], in the same space as the images."""
         ...
-
-
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Row-wise L2 normalisation in float32 (zero rows stay zero instead of becoming NaN)."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norms, np.float32(eps))
 
 
 def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -200,7 +195,7 @@ class BundleModel:
 
 def default_name(ref: str, text_spec: str = "") -> str:
     """A short report label from a reference: the last path part (``run/step-N`` for checkpoints), spec backend kept."""
-    prefix = next((p for p in (*TEACHER_PREFIXES, "mclip:") if ref.startswith(p)), "")
+    prefix = next((p for p in PREFIXES if ref.startswith(p)), "")
     body = ref[len(prefix) :].rstrip("/\\")
     path = Path(body)
     if not prefix and not path.name and path.exists():

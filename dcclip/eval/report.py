@@ -32,6 +32,7 @@ from dcclip import __version__
 from dcclip.eval import alignment, retrieval, stats, zeroshot
 from dcclip.eval.datasets import ClassificationDataset, DatasetError, RetrievalDataset, open_dataset
 from dcclip.eval.models import TEACHER_PREFIXES, EmbeddingModel, default_name, load_model
+from dcclip.io import write_bytes_atomic
 
 __all__ = [
     "REPORT_FORMAT",
@@ -368,16 +369,6 @@ def draw_chart(report: dict[str, Any], metric: str) -> Any:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to a temporary name beside ``path`` and rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _png_bytes(fig: Any) -> bytes:
     """A figure rendered to PNG bytes."""
     buffer = io.BytesIO()
@@ -404,10 +395,10 @@ def write_report(report: dict[str, Any], out_dir: Path) -> None:
         log.warning("matplotlib is not installed (pip install 'dcclip[train]'): report written without charts")
         report["files"]["charts"] = {}
     for metric, filename in report["files"]["charts"].items():
-        _write_atomic(out_dir / filename, _png_bytes(draw_chart(report, metric)))
-    _write_atomic(out_dir / "report.md", markdown_report(report).encode("utf-8"))
+        write_bytes_atomic(out_dir / filename, _png_bytes(draw_chart(report, metric)))
+    write_bytes_atomic(out_dir / "report.md", markdown_report(report).encode("utf-8"))
     text = json.dumps(report, ensure_ascii=False, indent=2) + "\n"
-    _write_atomic(out_dir / "report.json", text.encode("utf-8"))  # last: its presence means the report is complete
+    write_bytes_atomic(out_dir / "report.json", text.encode("utf-8"))  # last: its presence means the report is complete
 
 
 # --------------------------------------------------------------------------------------------------------------------

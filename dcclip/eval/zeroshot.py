@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from dcclip.eval.datasets import PLACEHOLDER, ClassificationDataset, DatasetError
+from dcclip.eval.datasets import ClassificationDataset, DatasetError
 from dcclip.eval.embedding import embed_image_stream, embed_texts
-from dcclip.eval.models import EmbeddingModel, l2_normalize
+from dcclip.eval.models import EmbeddingModel
+from dcclip.runtime.prompts import class_embeddings, fill_templates
 
 __all__ = [
     "COUNTS",
@@ -34,11 +35,6 @@ METRICS = ("top1", "top5", "mean_per_class_recall")
 COUNTS = {"top1": "n", "top5": "n"}  # the shares of n images (their Wilson intervals are drawn in the report)
 
 
-def fill_templates(classnames: Sequence[str], templates: Sequence[str]) -> list[str]:
-    """Every template with every class name, class-major: [c0 t0, c0 t1, ..., c1 t0, ...]."""
-    return [template.replace(PLACEHOLDER, name) for name in classnames for template in templates]
-
-
 def zeroshot_classifier(
     model: EmbeddingModel,
     classnames: Sequence[str],
@@ -51,8 +47,7 @@ def zeroshot_classifier(
         raise ValueError("zeroshot_classifier needs at least one class name and one template")
     texts = fill_templates(classnames, templates)
     embeddings = embed_texts(model, texts, batch_size, progress, f"{model.name}: class prompts")
-    per_class = embeddings.reshape(len(classnames), len(templates), -1)
-    return l2_normalize(l2_normalize(per_class).mean(axis=1))
+    return class_embeddings(embeddings, len(classnames))
 
 
 def true_label_ranks(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ import inspect
 import json
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,7 @@ from torch import nn
 
 from dcclip.models.registry import get_model_config, model_config_path
 from dcclip.runtime.preprocess import Preprocess
+from dcclip.runtime.tokenizer import TOKENIZER_FILE
 
 if TYPE_CHECKING:
     import transformers
@@ -749,9 +750,39 @@ class LoadedStudent:
     path: Path
 
 
+def student_checkpoint_config(
+    student: Student, langs: Sequence[str], max_text_len: int | None = None
+) -> dict[str, Any]:
+    """The config.json fields ``load_student_checkpoint`` needs: architecture, preprocessing, tokenizer file, text
+    length (at most the text tower's) and languages."""
+    limit = int(student.text.max_length)
+    return {
+        "arch": student.arch,
+        "preprocess": student_preprocess(student.arch).to_dict(),
+        "tokenizer": TOKENIZER_FILE,
+        "max_text_len": limit if max_text_len is None else min(max_text_len, limit),
+        "langs": list(langs),
+    }
+
+
+def save_student_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    student: Student,
+    tokenizer_file: str | Path,
+    langs: Sequence[str],
+    max_text_len: int | None = None,
+) -> Path:
+    """Save a student with its tokenizer as step ``step`` of ``run_dir``: the form export, eval and serve read."""
+    from dcclip import checkpoint as ckpt
+
+    config = student_checkpoint_config(student, langs, max_text_len)
+    return ckpt.write_checkpoint(Path(run_dir), step, student, config, None, {TOKENIZER_FILE: Path(tokenizer_file)})
+
+
 def load_student_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedStudent:
     """Rebuild a student from a checkpoint directory (or a run directory's latest) in eval mode."""
-    from dcclip.engine import checkpoint as ckpt
+    from dcclip import checkpoint as ckpt
     from dcclip.models.tokenizers import TextTokenizer
 
     loaded = ckpt.read_checkpoint(path, with_state=False)

@@ -31,12 +31,10 @@ import atexit
 import hashlib
 import importlib
 import json
-import re
 import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -45,7 +43,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dcclip.runtime.preprocess import Preprocess
+from dcclip.models.teacher_spec import (
+    BACKENDS,
+    HF,
+    MCLIP,
+    OPENCLIP,
+    OPENCLIP_HUB_PREFIX,
+    RANDOM_TAG,
+    TeacherSpec,
+    TeacherSpecError,
+    parse_teacher_spec,
+)
+from dcclip.runtime.preprocess import OPENAI_MEAN, OPENAI_STD, Preprocess
 
 __all__ = [
     "BACKENDS",
@@ -64,125 +73,19 @@ __all__ = [
     "weights_digest",
 ]
 
-OPENCLIP, HF, MCLIP = "openclip", "hf", "mclip"
-BACKENDS = (OPENCLIP, HF, MCLIP)
-RANDOM_TAG = "random"
-OPENCLIP_HUB_PREFIX = "hf-hub:"
-OPENCLIP_DIR_PREFIX = "local-dir:"
 OPENCLIP_DIR_CONFIG = "open_clip_config.json"
 MCLIP_CONFIG = "mclip_config.json"
 MCLIP_PROJECTION = "projection.safetensors"
 MCLIP_POOLING = ("mean", "cls")
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 HF_MODEL_CLASSES = {"clip": "CLIPModel", "altclip": "AltCLIPModel", "chinese_clip": "ChineseCLIPModel"}
 # Text encoders whose position ids start after the padding index (RoBERTa family), which shortens the usable length.
 ROBERTA_STYLE_TEXT = ("roberta", "altclip_text_model")
 HF_RESAMPLE = {2: "bilinear", 3: "bicubic", "bilinear": "bilinear", "bicubic": "bicubic"}
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-# A Hugging Face hub id: "name" or "org/name" made of letters, digits, '-', '_' and '.'.
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 INSTALL_HINT = "pip install 'dcclip[train]'"
-SPEC_FORMS = (
-    "openclip:MODEL@TAG, openclip:MODEL@random, openclip:/path/ckpt.pt#ARCH, openclip:/path/dir, "
-    "openclip:hf-hub:ORG/REPO, hf:/path/dir, hf:ORG/NAME, mclip:/path/dir (text side only)"
-)
-
-
-class TeacherSpecError(ValueError):
-    """A teacher spec string that is malformed or names something that does not exist."""
 
 
 class TeacherLoadError(RuntimeError):
     """A well-formed teacher spec that cannot be loaded: missing files, weights not available offline, bad shapes."""
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Spec strings
-# --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TeacherSpec:
-    """A parsed teacher spec: backend, architecture / model location and where the weights come from."""
-
-    backend: str  # "openclip" | "hf" | "mclip"
-    model: str  # openclip: architecture name or JSON path ("" for dir / hub); hf, mclip: local dir or hub id
-    pretrained: str = ""  # openclip: a pretrained tag, "random", a checkpoint file, a directory or "hf-hub:REPO"
-    source: str = ""  # "tag" | "random" | "file" | "dir" | "hub": where the weights come from
-    raw: str = ""  # the spec string as written
-
-    @property
-    def local(self) -> bool:
-        """True when the weights come from the local file system (no hub access needed)."""
-        return self.source in ("file", "dir", "random")
-
-
-def parse_teacher_spec(spec: str) -> TeacherSpec:
-    """Split a spec string into a TeacherSpec; local paths must exist so that typos fail here, naming the spec."""
-    spec = (spec or "").strip()
-    backend, sep, body = spec.partition(":")
-    if not spec or not sep or backend not in BACKENDS or not body:
-        raise TeacherSpecError(f"invalid teacher spec {spec!r}: expected one of {SPEC_FORMS}")
-    if backend == OPENCLIP:
-        return _parse_openclip(spec, body)
-    return _parse_hf_like(spec, backend, body)
-
-
-def _parse_openclip(spec: str, body: str) -> TeacherSpec:
-    """Parse the part after ``openclip:`` (open_clip's own ``local-dir:`` schema is accepted too)."""
-    if body.startswith(OPENCLIP_DIR_PREFIX):
-        return TeacherSpec(OPENCLIP, "", str(_existing(spec, body[len(OPENCLIP_DIR_PREFIX) :], True)), "dir", spec)
-    if body.startswith(OPENCLIP_HUB_PREFIX):
-        return TeacherSpec(OPENCLIP, "", body, "hub", spec)
-    if "#" in body:
-        path, _, arch = body.rpartition("#")
-        if not arch or not path:
-            raise TeacherSpecError(f"invalid teacher spec {spec!r}: expected openclip:/path/ckpt.pt#ARCH")
-        return TeacherSpec(OPENCLIP, arch, str(_existing(spec, path, want_dir=False)), "file", spec)
-    model, at, tag = body.rpartition("@")
-    if at and tag and "/" not in tag and (model.endswith(".json") or not _looks_like_path(model)):
-        return TeacherSpec(OPENCLIP, model, tag, RANDOM_TAG if tag == RANDOM_TAG else "tag", spec)
-    if _looks_like_path(body):
-        path = _existing(spec, body, want_dir=None)
-        if path.is_file():
-            raise TeacherSpecError(
-                f"teacher spec {spec!r} names a checkpoint file without its architecture: "
-                f"write openclip:{body}#ARCH (an open_clip model name or a teacher JSON)"
-            )
-        return TeacherSpec(OPENCLIP, "", str(path), "dir", spec)
-    raise TeacherSpecError(
-        f"teacher spec {spec!r} names no weights: write openclip:{body}@TAG (a pretrained tag such as "
-        f"'openai'), openclip:/path/ckpt.pt#{body}, or openclip:{body}@{RANDOM_TAG} for a random init"
-    )
-
-
-def _parse_hf_like(spec: str, backend: str, body: str) -> TeacherSpec:
-    """Parse ``hf:`` / ``mclip:``: an existing local directory first, else a hub id (``hf:`` only)."""
-    path = Path(body).expanduser()
-    if path.is_dir():
-        return TeacherSpec(backend, str(path), "", "dir", spec)
-    if path.exists():
-        raise TeacherSpecError(f"teacher spec {spec!r}: {path} is a file; expected a model directory")
-    if backend == HF and HUB_ID_RE.match(body) and not body.startswith("."):
-        return TeacherSpec(backend, body, "", "hub", spec)
-    hint = " (mclip teachers load from a local directory: download it first)" if backend == MCLIP else ""
-    raise TeacherSpecError(f"teacher spec {spec!r}: directory {path} does not exist{hint}")
-
-
-def _looks_like_path(text: str) -> bool:
-    """Whether an openclip spec body is a path rather than ``MODEL@TAG`` (model names contain no slashes)."""
-    return "/" in text or "\\" in text or text.startswith(("~", ".")) or text.endswith(CHECKPOINT_SUFFIXES)
-
-
-def _existing(spec: str, path: str, want_dir: bool | None) -> Path:
-    """Expand a path from a spec and check it exists (as a file or directory when asked), naming the spec."""
-    resolved = Path(path).expanduser()
-    kind = {True: "directory", False: "checkpoint file", None: "path"}[want_dir]
-    ok = resolved.exists() if want_dir is None else (resolved.is_dir() if want_dir else resolved.is_file())
-    if not ok:
-        raise TeacherSpecError(f"teacher spec {spec!r}: {kind} {resolved} does not exist")
-    return resolved
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -313,17 +216,17 @@ def load_teacher(spec: str, text_spec: str = "", device: str | torch.device = "c
 def _load_clip(spec: str) -> Teacher:
     """An image+text teacher from an ``openclip:`` or ``hf:`` spec."""
     parsed = parse_teacher_spec(spec)
-    if parsed.backend == OPENCLIP:
-        return _load_openclip(parsed)
-    if parsed.backend == HF:
-        return _load_hf(parsed)
-    raise TeacherSpecError(f"teacher spec {spec!r}: mclip: is a text-only teacher; pass it as teacher.text_spec")
+    if parsed.backend not in CLIP_LOADERS:
+        raise TeacherSpecError(f"teacher spec {spec!r}: mclip: is a text-only teacher; pass it as teacher.text_spec")
+    return CLIP_LOADERS[parsed.backend](parsed)
 
 
 def _load_text_side(text_spec: str) -> nn.Module:
-    """The text side of a composite teacher: an M-CLIP directory or any CLIP teacher's text tower."""
+    """The text side of a composite teacher: a text-only backend (M-CLIP) or any CLIP teacher's text tower."""
     parsed = parse_teacher_spec(text_spec)
-    return _load_mclip(parsed) if parsed.backend == MCLIP else _load_clip(text_spec)
+    if parsed.backend in TEXT_LOADERS:
+        return TEXT_LOADERS[parsed.backend](parsed)
+    return _load_clip(text_spec)
 
 
 def _require(module: str) -> ModuleType:
@@ -788,3 +691,8 @@ class CompositeTeacher(Teacher):
     def _text_forward(self, texts: list[str]) -> Tensor:
         """Embedding from the text teacher (its own tokenizer)."""
         return self.text_encoder._text_forward(texts)
+
+
+# One table per role: a new backend is a parser branch in teacher_spec.py and one line here.
+CLIP_LOADERS: dict[str, Callable[[TeacherSpec], Teacher]] = {OPENCLIP: _load_openclip, HF: _load_hf}
+TEXT_LOADERS: dict[str, Callable[[TeacherSpec], nn.Module]] = {MCLIP: _load_mclip}

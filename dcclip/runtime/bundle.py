@@ -23,7 +23,6 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from dcclip.models.tokenizers import TextTokenizer
 from dcclip.runtime.errors import (
     BundleError,
     BundleIntegrityError,
@@ -33,6 +32,7 @@ from dcclip.runtime.errors import (
     InvalidTextError,
 )
 from dcclip.runtime.preprocess import ImageDecodeError, Preprocess, decode_image
+from dcclip.runtime.tokenizer import TextTokenizer
 
 __all__ = [
     "BUNDLE_FORMAT",

@@ -25,12 +25,12 @@ from dcclip.runtime.errors import (
     TooManyLabelsError,
     UnknownLanguageError,
 )
+from dcclip.runtime.prompts import PLACEHOLDER, class_embeddings, fill_templates
 
 __all__ = ["DEFAULT_TEMPLATES", "LabelCache", "ZeroShotClassifier", "default_templates"]
 
 DEFAULT_MAX_LABELS = 1000
 DEFAULT_CACHE_SIZE = 4096
-PLACEHOLDER = "{c}"
 DEFAULT_TEMPLATES: dict[str, tuple[str, ...]] = {
     "en": ("a photo of a {c}.", "a picture of a {c}.", "an image of a {c}.", "{c}"),
     "zh": ("一张{c}的照片。", "{c}的图片。", "{c}"),
@@ -172,9 +172,7 @@ class ZeroShotClassifier:
 
     def _encode_classes(self, labels: list[str], templates: tuple[str, ...]) -> np.ndarray:
         """One text-tower pass over every (label, template) text; per label the normalised mean over templates."""
-        texts = [template.replace(PLACEHOLDER, label) for label in labels for template in templates]
-        emb = self.model.embed_texts(texts).reshape(len(labels), len(templates), -1).mean(axis=1)
-        return (emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        return class_embeddings(self.model.embed_texts(fill_templates(labels, templates)), len(labels))
 
     def _check_labels(self, labels: Sequence[str]) -> None:
         """A non-empty list of distinct non-empty strings, no more than ``max_labels``."""

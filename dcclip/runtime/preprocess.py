@@ -22,19 +22,24 @@ class ImageDecodeError(ValueError):
     """Bytes that are not a decodable image (corrupt, truncated, unsupported)."""
 
 
+# CLIP's image normalisation (OpenAI); the default of every model that does not name its own.
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """Resize, centre-crop and normalise an image to the model's input; torch-free."""
 
     image_size: int = 224
-    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    mean: tuple[float, float, float] = OPENAI_MEAN
+    std: tuple[float, float, float] = OPENAI_STD
     resize_mode: str = "shortest"
     interpolation: str = "bicubic"
 
     @classmethod
     def from_config(cls, cfg: Any) -> Preprocess:
-        """Build from a PreprocessConfig, a manifest dict, or anything with the same fields."""
+        """Build from a manifest or checkpoint dict, or anything with the same fields."""
         get = cfg.get if isinstance(cfg, Mapping) else lambda k, d=None: getattr(cfg, k, d)
         return cls(
             image_size=int(get("image_size", 224)),

@@ -11,14 +11,15 @@ from typing import Any
 import torch
 
 from dcclip import __version__
+from dcclip import checkpoint as ckpt
 from dcclip.config import DataConfig, RunConfig, save_config, to_dict
 from dcclip.data.features import check_fingerprint, feature_fields, find_cached_features
 from dcclip.data.memory import MemoryLoader, decode_shard_set
 from dcclip.data.pipeline import ShardLoader
-from dcclip.engine import checkpoint as ckpt
 from dcclip.engine.distributed import DistEnv
 from dcclip.engine.loop import FitSpec
 from dcclip.engine.tasks import StudentTask
+from dcclip.models.teacher_spec import teacher_fingerprint
 from dcclip.runtime.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ def teacher_side(cfg: RunConfig, needed: bool, init: ckpt.Checkpoint | None, dev
         cached = None
     if cached is not None:
         feature_dir, info = cached
-        check_fingerprint(info, feature_dir, cfg.teacher.spec, cfg.teacher.text_spec, cfg.teacher.feature_map)
+        spec, text_spec, fmap = cfg.teacher.spec, cfg.teacher.text_spec, cfg.teacher.feature_map
+        check_fingerprint(info, feature_dir, spec, text_spec, fmap, teacher_fingerprint(spec, text_spec, fmap))
         grid = tuple(info["fmap_grid"]) if info.get("fmap_grid") else None
         log.info("using cached teacher features from %s (no teacher loaded)", feature_dir)
         return TeacherSide(
@@ -79,7 +81,6 @@ def teacher_side(cfg: RunConfig, needed: bool, init: ckpt.Checkpoint | None, dev
         )  # fmt: skip
     if not cfg.teacher.spec:
         raise ValueError("teacher.spec is not set and the data holds no cached teacher features")
-    from dcclip.data.features import teacher_fingerprint
     from dcclip.models.teachers import load_teacher
 
     teacher = load_teacher(cfg.teacher.spec, cfg.teacher.text_spec, device=device)
@@ -129,18 +130,14 @@ def inherit_from(student: Any, encoder_dir: str) -> None:
 
 def checkpoint_config(cfg: RunConfig, student: Any, side: TeacherSide, langs: list[str]) -> dict[str, Any]:
     """config.json of every checkpoint: enough to rebuild, preprocess, tokenize and export the student alone."""
-    from dcclip.models.students import student_preprocess
+    from dcclip.models.students import student_checkpoint_config
 
     return {
         "format": CHECKPOINT_FORMAT,
         "version": 1,
         "dcclip_version": __version__,
         "stage": cfg.stage,
-        "arch": student.arch,
-        "preprocess": student_preprocess(student.arch).to_dict(),
-        "tokenizer": "tokenizer.json",
-        "max_text_len": min(cfg.data.max_text_len, int(student.text.max_length)),
-        "langs": langs,
+        **student_checkpoint_config(student, langs, cfg.data.max_text_len),
         "teacher": {"spec": side.spec, "embed_dim": side.embed_dim, "fingerprint": side.fingerprint},
         "run_config": to_dict(cfg),
     }

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from dcclip.data.shards import write_json_atomic
 from dcclip.eval.stats import ci_key, format_rate, mean_interval, rate_interval
+from dcclip.io import write_json_atomic
 
 SAMPLE_TEXT = "a small red star on the left and a large blue circle on the right"
 PROVIDERS = ("CPUExecutionProvider",)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dcclip.data.shards import write_json_atomic
+from dcclip.io import write_json_atomic
 
 STATE_FILE = "steps.json"
 EVAL_SETS = ("shapes", "digits")
@@ -122,7 +122,7 @@ def step_world(s: DemoSettings) -> dict[str, Any]:
 
 
 def step_teacher(s: DemoSettings) -> dict[str, Any]:
-    from dcclip.models.demo_teacher import TeacherRecipe, train_demo_teacher
+    from dcclip.demo.teacher import TeacherRecipe, train_demo_teacher
 
     recipe = TeacherRecipe(image_steps=s.teacher_image_steps, text_steps=s.teacher_text_steps, seed=s.seed)
     return train_demo_teacher(s.paths()["world"], s.paths()["teacher"], recipe)
@@ -213,7 +213,7 @@ def step_eval(s: DemoSettings) -> dict[str, Any]:
 
 
 def step_bench(s: DemoSettings) -> dict[str, Any]:
-    from dcclip.demo_report import measure_speed_and_size
+    from dcclip.demo.report import measure_speed_and_size
 
     figures = measure_speed_and_size(
         s.paths()["teacher"], s.paths()["bundle"], onnx_dir=s.paths()["bench"] / "teacher_onnx"
@@ -247,7 +247,7 @@ def build_steps(s: DemoSettings) -> list[Step]:
 
 def run_demo(settings: DemoSettings, fresh: bool = False) -> dict[str, Any]:
     """Run (or continue) the demo and write ``report.md`` / ``report.json``; returns the report."""
-    from dcclip.demo_report import print_summary, write_report
+    from dcclip.demo.report import print_summary, write_report
 
     runner = StepRunner(settings.out, fresh)
     steps = build_steps(settings)

@@ -7,7 +7,6 @@ leaves half a checkpoint as the latest one. Only the last K are kept.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -18,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from dcclip.io import atomic_dir
 
 CHECKPOINT_DIR = "checkpoints"
 MODEL_FILE = "model.safetensors"
@@ -88,21 +89,14 @@ def write_checkpoint(
     from safetensors.torch import save_model
 
     root = Path(run_dir) / CHECKPOINT_DIR
-    root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
-    tmp = root / f".{final.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_model(model, str(tmp / MODEL_FILE), metadata={"format": "pt"})
-    (tmp / CONFIG_FILE).write_text(json.dumps({**config, "step": step}, indent=2, ensure_ascii=False), "utf-8")
-    if state is not None:
-        torch.save(state, tmp / STATE_FILE)
-    for name, source in (extra_files or {}).items():
-        shutil.copyfile(source, tmp / name)
-    if final.exists():  # re-running the same step (after a resume) replaces it whole
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    with atomic_dir(final) as tmp:  # re-running the same step (after a resume) replaces it whole
+        save_model(model, str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(json.dumps({**config, "step": step}, indent=2, ensure_ascii=False), "utf-8")
+        if state is not None:
+            torch.save(state, tmp / STATE_FILE)
+        for name, source in (extra_files or {}).items():
+            shutil.copyfile(source, tmp / name)
     prune_checkpoints(root, keep_last)
     return final
 

@@ -1,9 +1,7 @@
-"""Build, validate and inspect shard sets: the library side of `dcclip shards build|validate|inspect`.
+"""`dcclip shards build`: a folder, CSV or JSONL of image-caption pairs -> WebDataset shards.
 
-``build_shards`` turns a folder, CSV or JSONL of image-caption pairs into WebDataset shards; every input it cannot
-use is skipped with a reason recorded in the manifest, never a crash and never half a shard. ``validate_shards``
-decodes every image and caption of a shard set and lists what is broken; ``inspect_shards`` summarises one and can
-draw a contact sheet.
+Every input that cannot be used is skipped with a reason recorded in the manifest, never a crash and never half a
+shard.
 """
 
 from __future__ import annotations
@@ -12,9 +10,6 @@ import csv
 import io
 import json
 import logging
-import math
-import os
-import random
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,19 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageOps
 
 from dcclip.data.shards import (
     IMAGE_EXTENSIONS,
     MANIFEST_NAME,
     ShardError,
     ShardSetWriter,
-    image_field,
-    iter_tar_samples,
-    parse_meta,
-    read_manifest,
+    progress_bar,
     safe_key,
-    shard_paths,
 )
 
 log = logging.getLogger(__name__)
@@ -50,13 +41,7 @@ _NOT_LANGUAGES = frozenset(
     {"id", "ids", "idx", "uid", "url", "uri", "src", "dir", "ext", "img", "md5", "sha", "cls", "tag", "row", "set"}
 )
 _RESERVED_COLUMNS = frozenset({"key", "source_lang", "captions"})
-# Scripts written without spaces between words: word counts are meaningless there.
-_NO_SPACE_LANGS = frozenset({"zh", "ja", "th", "lo", "km", "my", "bo", "yue", "wuu"})
-
 T = TypeVar("T")
-
-
-# ----------------------------------------------------------------------------------------------------------- build
 
 
 class _Skip(Exception):
@@ -106,7 +91,7 @@ def build_shards(
     accepted: dict[str, str] = {}
     extra = {"source": str(src), "source_kind": source_kind, "max_side": max_side}
     with ShardSetWriter(out_dir, max_count=max_count, max_size_mb=max_size_mb) as writer:
-        for candidate in _progress(candidates, total, progress, "shards build"):
+        for candidate in progress_bar(candidates, total, progress, "shards build"):
             _build_one(writer, candidate, max_side, accepted, categories)
         manifest = writer.close(extra)
     _log_summary(manifest, categories, out_dir)
@@ -464,434 +449,3 @@ def _row_captions(
     row_lang = cells.get("source_lang")
     row_lang = row_lang.strip() if isinstance(row_lang, str) and row_lang.strip() else source_lang
     return _clean_captions({lang: cells.get(lang) for lang in columns}, "row"), row_lang
-
-
-# -------------------------------------------------------------------------------------------------------- validate
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong in a shard set: the shard, the sample key (``-`` for the shard as a whole) and why."""
-
-    shard: str
-    key: str
-    reason: str
-
-
-@dataclass
-class ValidationReport:
-    """What ``validate_shards`` checked and every problem it found."""
-
-    shards: int = 0
-    samples: int = 0
-    problems: list[Problem] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """True when every shard read to its end and every sample decoded."""
-        return not self.problems
-
-    def format_table(self) -> str:
-        """Aligned table of shard, key and reason, closed by a totals line; just the totals line when all is well."""
-        total = f"checked {self.shards} shards, {self.samples} samples: "
-        if self.ok:
-            return total + "all OK"
-        rows = [("shard", "key", "reason")] + [(p.shard, p.key, p.reason) for p in self.problems]
-        w_shard = max(len(r[0]) for r in rows)
-        w_key = max(len(r[1]) for r in rows)
-        lines = [f"{s:<{w_shard}}  {k:<{w_key}}  {r}" for s, k, r in rows]
-        lines.insert(1, f"{'-' * w_shard}  {'-' * w_key}  {'-' * 6}")
-        lines.append(total + f"{len(self.problems)} problem(s)")
-        return "\n".join(lines)
-
-
-def validate_shards(source: str | Path, progress: bool = True) -> ValidationReport:
-    """Decode every image, parse every caption and read every tar to its end; report each problem with shard and key."""
-    report = ValidationReport()
-    expected = _manifest_counts(source)
-    seen: dict[str, str] = {}
-    for path in _progress(shard_paths(source), None, progress, "shards validate"):
-        report.shards += 1
-        count = _validate_shard(path, report, seen)
-        name = Path(path).name
-        if count is not None and name in expected and expected[name] != count:
-            report.problems.append(Problem(path, "-", f"manifest lists {expected[name]} samples, shard has {count}"))
-    return report
-
-
-def _manifest_counts(source: str | Path) -> dict[str, int]:
-    """Samples per shard name as the manifest records them, when the source is a shard-set directory with one."""
-    path = Path(str(source))
-    if "::" in str(source) or not (path / MANIFEST_NAME).is_file():
-        return {}
-    return {s["name"]: s["samples"] for s in read_manifest(path)["shards"]}
-
-
-def _validate_shard(path: str, report: ValidationReport, seen: dict[str, str]) -> int | None:
-    """Check one shard's samples into ``report``; returns how many it held, None when it could not be opened."""
-    if "://" not in path and not Path(path).is_file():
-        report.problems.append(Problem(path, "-", "shard file not found"))
-        return None
-    count = 0
-    try:
-        for sample in iter_tar_samples(path):
-            count += 1
-            report.samples += 1
-            key = sample["__key__"]
-            if key in seen:
-                report.problems.append(Problem(path, key, f"duplicate key (also in {seen[key]})"))
-            seen.setdefault(key, path)
-            report.problems.extend(Problem(path, key, reason) for reason in sample_problems(sample))
-    except (ShardError, OSError) as exc:
-        report.problems.append(Problem(path, "-", str(exc).removeprefix(f"{path}: ")))
-    return count
-
-
-def sample_problems(sample: dict[str, Any]) -> list[str]:
-    """Everything wrong with one raw sample: image that does not decode, bad captions, unreadable ``.npy`` fields."""
-    problems = []
-    ext = image_field(sample)
-    if ext is None:
-        problems.append(f"no image field ({'/'.join(IMAGE_EXTENSIONS)})")
-    else:
-        problems.extend(_image_problem(sample[ext], ext))
-    try:
-        parse_meta(sample)
-    except ShardError as exc:
-        problems.append(str(exc).removeprefix(f"sample {sample.get('__key__', '?')}: "))
-    problems.extend(_npy_problems(sample))
-    return problems
-
-
-def _image_problem(data: bytes, ext: str) -> list[str]:
-    """A one-item list with the reason the image bytes do not fully decode, or an empty list."""
-    if not data:
-        return [f"image .{ext} is empty (0 bytes)"]
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-    except Exception as exc:  # any decoder failure is a broken sample, whatever PIL calls it
-        return [f"image .{ext} does not decode ({type(exc).__name__}: {exc})"]
-    return []
-
-
-def _npy_problems(sample: dict[str, Any]) -> list[str]:
-    """Reasons any ``*.npy`` field (teacher features) cannot be loaded as a plain array."""
-    import numpy as np
-
-    problems = []
-    for ext, data in sample.items():
-        if ext.endswith("npy") and isinstance(data, bytes):
-            try:
-                np.load(io.BytesIO(data), allow_pickle=False)
-            except Exception as exc:  # numpy raises ValueError/EOFError/OSError for damaged arrays
-                problems.append(f".{ext} does not load ({type(exc).__name__}: {exc})")
-    return problems
-
-
-# --------------------------------------------------------------------------------------------------------- inspect
-
-
-@dataclass
-class _Range:
-    """Running min / mean / max of a number stream."""
-
-    count: int = 0
-    total: float = 0.0
-    low: float = math.inf
-    high: float = -math.inf
-
-    def add(self, value: float) -> None:
-        """Take one value into the running figures."""
-        self.count += 1
-        self.total += value
-        self.low = min(self.low, value)
-        self.high = max(self.high, value)
-
-    def to_dict(self) -> dict[str, float]:
-        """``{"min", "mean", "max"}`` (mean to one decimal); zeros when nothing was added."""
-        if not self.count:
-            return {"min": 0, "mean": 0.0, "max": 0}
-        return {"min": self.low, "mean": round(self.total / self.count, 1), "max": self.high}
-
-
-@dataclass
-class _Stats:
-    """Accumulates what ``inspect_shards`` reports, one raw sample at a time."""
-
-    langs: Counter = field(default_factory=Counter)
-    chars: dict[str, _Range] = field(default_factory=dict)
-    words: dict[str, _Range] = field(default_factory=dict)
-    width: _Range = field(default_factory=_Range)
-    height: _Range = field(default_factory=_Range)
-    formats: Counter = field(default_factory=Counter)
-    unreadable: int = 0
-
-    def add(self, sample: dict[str, Any]) -> None:
-        """Count one raw sample: image size and format, then each caption's language and length."""
-        self._add_image(sample)
-        try:
-            captions = parse_meta(sample)["captions"]
-        except ShardError:
-            self.unreadable += 1
-            return
-        for lang, text in captions.items():
-            self.langs[lang] += 1
-            self.chars.setdefault(lang, _Range()).add(len(text))
-            if _language_base(lang) not in _NO_SPACE_LANGS:
-                self.words.setdefault(lang, _Range()).add(len(text.split()))
-
-    def _add_image(self, sample: dict[str, Any]) -> None:
-        """Image size and format from the header only, which is enough for statistics and much faster."""
-        ext = image_field(sample)
-        try:
-            with Image.open(io.BytesIO(sample[ext])) as img:
-                self.width.add(img.width)
-                self.height.add(img.height)
-                self.formats[img.format or "?"] += 1
-        except Exception:  # a missing or broken image is counted, not fatal: inspect is for looking
-            self.unreadable += 1
-
-
-def _language_base(lang: str) -> str:
-    """Primary subtag of a language code: ``zh`` for ``zh_Hant`` or ``zh-TW``."""
-    return re.split(r"[-_]", lang, maxsplit=1)[0].lower()
-
-
-def inspect_shards(source: str | Path, contact_sheet: Path | None = None, n: int = 16, seed: int = 0) -> dict:
-    """Statistics of a shard set (counts, languages, caption lengths, image sizes and formats); optional contact sheet.
-
-    The sheet shows ``n`` samples drawn by reservoir sampling with ``seed``, so the same set and seed give the same
-    picture.
-    """
-    if n < 1:
-        raise ValueError(f"a contact sheet needs n >= 1 samples, got {n}")
-    paths = shard_paths(source)
-    stats, rng, picks, errors, seen = _Stats(), random.Random(seed), [], [], 0
-    for path in paths:
-        try:
-            for sample in iter_tar_samples(path):
-                stats.add(sample)
-                _reservoir(picks, (seen, sample), n, rng, seen)
-                seen += 1
-        except (ShardError, OSError) as exc:
-            errors.append(str(exc))
-    result = _stats_dict(source, paths, seen, stats, errors)
-    if contact_sheet is not None:
-        render_contact_sheet([s for _, s in sorted(picks, key=lambda p: p[0])], Path(contact_sheet))
-        result["contact_sheet"] = str(contact_sheet)
-    return result
-
-
-def _reservoir(picks: list[T], item: T, n: int, rng: random.Random, index: int) -> None:
-    """Algorithm R: keep a uniform sample of ``n`` items of a stream, deterministic for a seeded ``rng``."""
-    if len(picks) < n:
-        picks.append(item)
-        return
-    slot = rng.randrange(index + 1)
-    if slot < n:
-        picks[slot] = item
-
-
-def _stats_dict(source: str | Path, paths: list[str], samples: int, stats: _Stats, errors: list[str]) -> dict:
-    """The plain-dict form of the statistics, ready for JSON or ``format_inspect``."""
-    size = sum(Path(p).stat().st_size for p in paths if "://" not in p and Path(p).is_file())
-    langs = sorted(stats.langs, key=lambda lang: (-stats.langs[lang], lang))
-    return {
-        "source": str(source),
-        "shards": len(paths),
-        "samples": samples,
-        "bytes": size,
-        "langs": {lang: stats.langs[lang] for lang in langs},
-        "caption_chars": {lang: stats.chars[lang].to_dict() for lang in langs},
-        "caption_words": {lang: stats.words[lang].to_dict() for lang in langs if lang in stats.words},
-        "image_width": stats.width.to_dict(),
-        "image_height": stats.height.to_dict(),
-        "image_formats": dict(stats.formats.most_common()),
-        "unreadable": stats.unreadable,
-        "errors": errors,
-    }
-
-
-def format_inspect(stats: dict) -> str:
-    """Human-readable summary of ``inspect_shards`` output: totals, images, then one row per language."""
-    width, height = stats["image_width"], stats["image_height"]
-    formats = ", ".join(f"{fmt} {count}" for fmt, count in stats["image_formats"].items()) or "-"
-    lines = [
-        f"shard set {stats['source']}",
-        f"  {stats['shards']} shards, {stats['samples']} samples, {_human_bytes(stats['bytes'])}",
-        f"  image width  {_span(width)}   height {_span(height)}   formats: {formats}",
-        "",
-        *_language_table(stats),
-    ]
-    if stats["unreadable"]:
-        lines.append(f"  {stats['unreadable']} unreadable images or captions (see `dcclip shards validate`)")
-    lines.extend(f"  error: {error}" for error in stats["errors"])
-    if "contact_sheet" in stats:
-        lines.append(f"  contact sheet: {stats['contact_sheet']}")
-    return "\n".join(lines)
-
-
-def _human_bytes(size: float) -> str:
-    """Byte count with a readable unit (B, KB, MB, GB, TB; powers of 1000)."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"
-
-
-def _span(r: dict[str, float]) -> str:
-    """``min / mean / max`` of a range dict."""
-    return f"{r['min']:g} / {r['mean']:g} / {r['max']:g}"
-
-
-def _language_table(stats: dict) -> list[str]:
-    """Rows of samples and caption lengths per language, aligned."""
-    rows = [("lang", "samples", "chars min/mean/max", "words min/mean/max")]
-    for lang, count in stats["langs"].items():
-        words = stats["caption_words"].get(lang)
-        rows.append((lang, str(count), _span(stats["caption_chars"][lang]), _span(words) if words else "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return ["  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-
-
-# ---------------------------------------------------------------------------------------------------- contact sheet
-
-_THUMB = 224
-_PAD = 8
-_FONT_SIZE = 13
-_LINE = 16
-_SHEET_LANGS = 3  # languages shown per sample
-_LINES_PER_LANG = 3
-
-
-def render_contact_sheet(samples: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Draw raw samples as a grid of thumbnails with key and a few wrapped captions; written atomically as PNG."""
-    font = _load_font(_FONT_SIZE)
-    cols = max(1, math.ceil(math.sqrt(len(samples))))
-    rows = max(1, math.ceil(len(samples) / cols))
-    cell_w = _THUMB + 2 * _PAD
-    cell_h = _THUMB + 2 * _PAD + _LINE * (1 + _SHEET_LANGS * _LINES_PER_LANG)
-    sheet = Image.new("RGB", (cols * cell_w, rows * cell_h), "white")
-    draw = ImageDraw.Draw(sheet)
-    for i, sample in enumerate(samples):
-        x, y = (i % cols) * cell_w + _PAD, (i // cols) * cell_h + _PAD
-        _draw_thumb(sheet, draw, sample, x, y, font)
-        for j, line in enumerate(_caption_lines(sample, font, _THUMB)):
-            _draw_text(draw, (x, y + _THUMB + 4 + j * _LINE), line, font)
-    _save_png_atomic(sheet, path)
-    return path
-
-
-def _load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """PIL's bundled font at ``size`` (Pillow >= 10.1); the fixed-size bitmap default on older Pillow."""
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:
-        return ImageFont.load_default()
-
-
-def _draw_thumb(sheet: Image.Image, draw: ImageDraw.ImageDraw, sample: dict, x: int, y: int, font: Any) -> None:
-    """Paste the sample's image, upright and fitted into the thumbnail box; a grey box when it does not decode."""
-    try:
-        with Image.open(io.BytesIO(sample[image_field(sample)])) as img:
-            thumb = ImageOps.exif_transpose(img).convert("RGB")
-            thumb.thumbnail((_THUMB, _THUMB))
-    except Exception:  # a broken sample still gets its cell, so the sheet shows it
-        draw.rectangle((x, y, x + _THUMB - 1, y + _THUMB - 1), fill=(200, 200, 200))
-        _draw_text(draw, (x + 4, y + 4), "unreadable image", font)
-        return
-    sheet.paste(thumb, (x + (_THUMB - thumb.width) // 2, y + (_THUMB - thumb.height) // 2))
-
-
-def _caption_lines(sample: dict[str, Any], font: Any, width: int) -> list[str]:
-    """Key line, then up to three languages (source first), each wrapped to a few lines."""
-    lines = [sample.get("__key__", "?")]
-    try:
-        meta = parse_meta(sample)
-    except ShardError:
-        return [*lines, "(unreadable captions)"]
-    captions, source = meta["captions"], meta.get("source_lang")
-    order = sorted(captions, key=lambda lang: (lang != source, lang))[:_SHEET_LANGS]
-    for lang in order:
-        lines.extend(_wrap(f"{lang}: {captions[lang][:300]}", font, width, _LINES_PER_LANG))
-    return lines
-
-
-def _wrap(text: str, font: Any, width: int, max_lines: int) -> list[str]:
-    """Greedy word wrap to a pixel width; text without spaces (CJK) breaks between characters; long text ends in ...."""
-    lines: list[str] = []
-    line = ""
-    for word in text.split():
-        candidate = f"{line} {word}" if line else word
-        if _text_width(font, candidate) <= width:
-            line = candidate
-            continue
-        if line:
-            lines.append(line)
-        while _text_width(font, word) > width and len(word) > 1:
-            cut = _fitting_prefix(word, font, width)
-            lines.append(word[:cut])
-            word = word[cut:]
-        line = word
-    if line:
-        lines.append(line)
-    if len(lines) > max_lines:
-        lines = lines[:max_lines]
-        lines[-1] = lines[-1][: max(1, len(lines[-1]) - 3)] + "..."
-    return lines
-
-
-def _fitting_prefix(word: str, font: Any, width: int) -> int:
-    """Length of the longest prefix of ``word`` that fits ``width`` pixels (at least one character)."""
-    cut = 1
-    while cut < len(word) and _text_width(font, word[: cut + 1]) <= width:
-        cut += 1
-    return cut
-
-
-def _text_width(font: Any, text: str) -> float:
-    """Pixel width of text; text the font cannot encode is measured with its characters replaced."""
-    try:
-        return font.getlength(text)
-    except UnicodeError:
-        return font.getlength(_latin1(text))
-
-
-def _draw_text(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, font: Any) -> None:
-    """Draw text; a bitmap font that only knows Latin-1 gets ``?`` for other characters instead of raising."""
-    try:
-        draw.text(xy, text, fill="black", font=font)
-    except UnicodeError:
-        draw.text(xy, _latin1(text), fill="black", font=font)
-
-
-def _latin1(text: str) -> str:
-    """Text with every character outside Latin-1 replaced by ``?``."""
-    return text.encode("latin-1", "replace").decode("latin-1")
-
-
-def _save_png_atomic(img: Image.Image, path: Path) -> None:
-    """Save a PNG under a temporary name and rename it, so a reader never sees half an image."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-# ------------------------------------------------------------------------------------------------------- helpers
-
-
-def _progress(items: Iterable[T], total: int | None, enabled: bool, desc: str) -> Iterable[T]:
-    """Wrap an iterable in a tqdm bar when asked and tqdm is installed (it comes with the ``train`` extra)."""
-    if not enabled:
-        return items
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, total=total, desc=desc, unit="it")

@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from torch import nn
 
 from dcclip.config import DataConfig, OptimConfig, TrainConfig
 from dcclip.data.augment import warp
+from dcclip.io import atomic_path, write_text_atomic
 from dcclip.losses import contrastive_loss
 from dcclip.runtime.preprocess import Preprocess
 
@@ -200,19 +199,14 @@ def preprocess_config(model_cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_open_clip_dir(model: nn.Module, model_cfg: dict[str, Any], out_dir: Path) -> Path:
-    """Write an open_clip local-dir checkpoint atomically (temporary directory, then rename)."""
+    """Write an open_clip local-dir checkpoint, each file atomically (the weights first, the config last)."""
     from safetensors.torch import save_model
 
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
+        save_model(model, str(tmp))
     payload = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_config(model_cfg)}
-    (tmp / CONFIG_FILE).write_text(json.dumps(payload, indent=2), "utf-8")
-    save_model(model, str(tmp / WEIGHTS_FILE))
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        os.replace(tmp / name, out_dir / name)
-    shutil.rmtree(tmp, ignore_errors=True)
+    write_text_atomic(out_dir / CONFIG_FILE, json.dumps(payload, indent=2))
     return out_dir
 
 

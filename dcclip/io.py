@@ -1,0 +1,81 @@
+"""Atomic writes: every file and directory dcclip produces is written under a temporary name beside its final one and
+renamed into place, so a reader (or a run killed half-way) never sees half a file as the real one.
+
+Temporary names are ``.NAME.TAG-PID`` beside ``NAME``: hidden, tied to the writing process and easy to recognise.
+Pure standard library, on the ground floor: the runtime uses it too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+def temp_name(path: Path, tag: str = "tmp") -> Path:
+    """The temporary sibling this process writes before renaming onto ``path``."""
+    return path.with_name(f".{path.name}.{tag}-{os.getpid()}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str], tag: str = "tmp", fsync: bool = False) -> Iterator[Path]:
+    """Yield a temporary file path beside ``path``; on success it replaces ``path``, on error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path, tag)
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        _remove(tmp)
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str, fsync: bool = False) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically; returns the path."""
+    with atomic_path(path, fsync=fsync) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> Path:
+    """Write ``payload`` as indented UTF-8 JSON to ``path`` atomically; returns the path."""
+    return write_text_atomic(path, json.dumps(payload, ensure_ascii=False, indent=2))
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike[str], tag: str = "tmp") -> Iterator[Path]:
+    """Yield an empty staging directory beside ``path``; on success it replaces ``path`` whole (an existing
+    directory there is removed first), on error the staging directory is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = temp_name(path, tag)
+    _remove(staging)
+    staging.mkdir()
+    try:
+        yield staging
+        if path.exists():
+            _remove(path)
+        os.replace(staging, path)
+    finally:
+        _remove(staging)

@@ -1,0 +1,48 @@
+"""Atomic writes: the final name holds either the old or the whole new content, and no temporary is left behind."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dcclip import io
+
+
+def _siblings(path):
+    return sorted(p.name for p in path.parent.iterdir())
+
+
+def test_writes_replace_whole_files_and_leave_no_temporary(tmp_path):
+    target = tmp_path / "sub" / "a.json"
+    io.write_json_atomic(target, {"x": "é"})
+    io.write_json_atomic(target, {"x": 2})
+    assert json.loads(target.read_text("utf-8")) == {"x": 2}
+    io.write_text_atomic(tmp_path / "t.txt", "hello", fsync=True)
+    io.write_bytes_atomic(tmp_path / "b.bin", b"\x00\x01")
+    assert (tmp_path / "t.txt").read_text() == "hello" and (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
+    assert _siblings(target) == ["a.json"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path):
+    target = tmp_path / "a.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), io.atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert target.read_text() == "old"
+    assert _siblings(target) == ["a.txt"]
+
+
+def test_atomic_dir_replaces_a_directory_whole_or_not_at_all(tmp_path):
+    final = tmp_path / "ckpt"
+    with io.atomic_dir(final) as staging:
+        (staging / "x").write_text("1")
+    with pytest.raises(ValueError), io.atomic_dir(final) as staging:
+        (staging / "y").write_text("2")
+        raise ValueError("broken")
+    assert sorted(p.name for p in final.iterdir()) == ["x"]
+    with io.atomic_dir(final) as staging:
+        (staging / "z").write_text("3")
+    assert sorted(p.name for p in final.iterdir()) == ["z"]
+    assert _siblings(final) == ["ckpt"]
