@@ -49,7 +49,6 @@ from .onnx import (
 )
 from .quantize import DEFAULT_CALIB_IMAGES, TowerQuantizer, calibration_images, choose_method
 from .validate import (
-    CAPTIONS,
     INT8_MIN_AGREEMENT,
     AgreementProbe,
     Encoder,
@@ -60,6 +59,7 @@ from .validate import (
     eval_set_paths,
     failing_towers,
     prepare_inputs,
+    probe_captions,
     shard_captions,
     synthetic_images,
 )
@@ -170,7 +170,8 @@ def text_max_length(loaded: LoadedStudent) -> int:
 
 def _text_sample(loaded: LoadedStudent, max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Trace inputs for the text tower: real captions, batch >= 2 and a length >= 2 that differs from the batch."""
-    texts = [CAPTIONS["en"][0], CAPTIONS["zh"][1], CAPTIONS["ar"][2]]
+    captions = probe_captions()
+    texts = [captions["en"][0], captions["zh"][1], captions["ar"][2]]
     ids, mask = loaded.tokenizer.encode(texts, max_len)
     length = max(ids.shape[1], 2)
     if length == len(texts):  # equal sizes could be unified into one symbol by the tracer

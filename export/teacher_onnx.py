@@ -28,7 +28,7 @@ from dcclip.runtime.bundle import IMAGE_INPUT, IMAGE_OUTPUT, TEXT_INPUTS, TEXT_O
 
 from .errors import ExportError
 from .onnx import EXPORTERS, ExportRecord, _export, _Spec
-from .validate import CAPTIONS, FP32_MIN_COSINE, compare_embeddings
+from .validate import FP32_MIN_COSINE, compare_embeddings, probe_captions
 
 __all__ = [
     "IMAGE_FILE",
@@ -120,7 +120,7 @@ def _open_clip_teacher(teacher: Any) -> Any:
 
 def _parity_texts() -> list[str]:
     """Multilingual captions for the text parity check, one per language (many scripts, many token lengths)."""
-    return [captions[0] for captions in CAPTIONS.values()]
+    return [captions[0] for captions in probe_captions().values()]
 
 
 def _sample_ids(teacher: Any, texts: Sequence[str]) -> np.ndarray:

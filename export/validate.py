@@ -62,19 +62,23 @@ TIE_TOLERANCE = 1e-5
 BATCH = 32
 DEFAULT_IMAGES = 32
 DEFAULT_EVAL_IMAGES = 128  # 128 images x every language: one changed image moves agreement by under 1%
-# Captions for parity and for the caption-argmax agreement when no eval set is given: ten languages, ten scripts.
-CAPTIONS: dict[str, list[str]] = {
-    "en": ["a red circle on a white background", "two blue squares", "a small green triangle", "a yellow star"],
-    "zh": ["白色背景上的红色圆形", "两个蓝色正方形", "一个绿色的小三角形", "一颗黄色的星星"],
-    "ja": ["白い背景に赤い円", "青い正方形が二つ", "小さな緑の三角形", "黄色い星"],
-    "ko": ["흰 배경 위의 빨간 원", "파란 정사각형 두 개", "작은 초록색 삼각형", "노란 별"],
-    "fr": ["un cercle rouge sur fond blanc", "deux carrés bleus", "un petit triangle vert", "une étoile jaune"],
-    "de": ["ein roter Kreis auf weißem Grund", "zwei blaue Quadrate", "ein kleines grünes Dreieck", "ein gelber Stern"],
-    "es": ["un círculo rojo sobre fondo blanco", "dos cuadrados azules", "un pequeño triángulo verde", "una estrella"],
-    "ru": ["красный круг на белом фоне", "два синих квадрата", "маленький зелёный треугольник", "жёлтая звезда"],
-    "ar": ["دائرة حمراء على خلفية بيضاء", "مربعان أزرقان", "مثلث أخضر صغير", "نجمة صفراء"],
-    "hi": ["सफ़ेद पृष्ठभूमि पर लाल वृत्त", "दो नीले वर्ग", "एक छोटा हरा त्रिभुज", "एक पीला तारा"],
-}
+# Scenes captioned in every toy-world language for parity and the caption-argmax agreement when no eval set is given.
+PROBE_SCENES = (
+    (("red", "circle", None, None),),
+    (("blue", "square", None, None), ("yellow", "star", None, None)),
+    (("green", "triangle", "small", None),),
+    (("purple", "heart", "large", "left"),),
+)
+
+
+def probe_captions() -> dict[str, list[str]]:
+    """Four captions per toy-world language (every script the world speaks), from the world's own grammar."""
+    from dcclip.data.world import Thing, describe_shapes, language_codes
+
+    return {
+        lang: [describe_shapes(lang, [Thing(*obj) for obj in scene], k + 1) for k, scene in enumerate(PROBE_SCENES)]
+        for lang in language_codes()
+    }
 
 
 class Encoder(Protocol):
@@ -262,7 +266,7 @@ def prepare_inputs(
     """Images (given, else drawn), captions (given, else the built-in ten languages) and the optional eval set(s)."""
     source = image_source if images else "synthetic"
     chosen = list(images)[:n_images] if images else synthetic_images(n_images)
-    pairs = list(captions) if captions else [(lang, text) for lang, texts in CAPTIONS.items() for text in texts]
+    pairs = list(captions) if captions else [(lang, text) for lang, texts in probe_captions().items() for text in texts]
     sets = [load_zero_shot_set(path, preprocess, langs=langs) for path in eval_set_paths(eval_set)]
     return ValidationInputs(
         pixels=preprocess.batch(chosen).astype(np.float32),

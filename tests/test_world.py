@@ -27,6 +27,8 @@ from dcclip.data.world import (
     generate_world,
     noun_phrase,
 )
+from dcclip.data.world import render as world_render
+from dcclip.data.world import write as world_write
 
 ARGS = {"train_samples": 60, "seed": 3, "eval_samples": 100, "image_size": 64, "shard_size": 25}
 
@@ -80,7 +82,7 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(world_dir: Path,
 def test_samples_do_not_depend_on_generation_order(world_dir: Path) -> None:
     samples = list(iter_samples(world_dir / "train"))
     for index in (41, 7, 0):
-        image, meta = world._train_sample(ARGS["seed"], index, ARGS["image_size"])
+        image, meta = world_write._train_sample(ARGS["seed"], index, ARGS["image_size"])
         assert samples[index]["jpg"] == image
         assert parse_meta(samples[index]) == meta
 
@@ -164,7 +166,7 @@ def test_eval_images_never_repeat_training_images(world_dir: Path) -> None:
 
 
 def test_eval_digits_are_held_out_sklearn_digits() -> None:
-    _, labels, train, held = world._digits()
+    _, labels, train, held = world_render._digits()
     assert len(set(train.tolist()) | set(held.tolist())) == len(labels) == 1797
     assert not set(train.tolist()) & set(held.tolist())
     assert 0.25 < len(held) / len(labels) < 0.35
@@ -207,7 +209,7 @@ def test_training_shards_read_back_with_every_language(world_dir: Path) -> None:
 
 def test_language_frequencies_differ() -> None:
     rng = np.random.default_rng(0)
-    counts = Counter(lang for _ in range(4000) for lang in world._pick_langs(rng))
+    counts = Counter(lang for _ in range(4000) for lang in world_write._pick_langs(rng))
     assert counts["en"] == 4000
     assert counts["zh"] > counts["fr"] > counts["ru"] > counts["hi"] > 0.5 * 4000
 
@@ -220,10 +222,10 @@ def test_digit_captions_match_their_labels(world_dir: Path) -> None:
             continue
         found += 1
         digit = meta["digit"]
-        _, labels, train, _ = world._digits()
+        _, labels, train, _ = world_render._digits()
         assert labels[meta["sklearn_index"]] == digit and meta["sklearn_index"] in set(train.tolist())
         for lang, caption in meta["captions"].items():
-            options = {describe_digit(lang, digit, k) for k in range(len(world._DIGIT_TEMPLATES[lang]))}
+            options = {describe_digit(lang, digit, k) for k in range(len(world.language(lang).digit_templates))}
             assert caption in options, (lang, digit, caption)
     assert found > 0
 
@@ -241,8 +243,8 @@ def test_shape_captions_name_the_drawn_objects(world_dir: Path) -> None:
 def test_captioned_positions_and_sizes_are_true() -> None:
     size = 64
     for index in range(400):
-        rng = world._rng(99, 1, index)
-        _, meta, things = world._train_shapes(rng, size)
+        rng = world_render._rng(99, 1, index)
+        _, meta, things = world_write._train_shapes(rng, size)
         objects = {(o["colour"], o["shape"], o["pos"]): o for o in meta["objects"]}
         for thing in things:
             if thing.size == "small":
@@ -269,7 +271,7 @@ def test_jittered_colours_keep_their_label() -> None:
     rng = np.random.default_rng(1)
     for name in COLOURS:
         for _ in range(50):
-            assert world._nearest_colour(world._object_rgb(rng, name, 28.0)) == name
+            assert world_render._nearest_colour(world_render._object_rgb(rng, name, 28.0)) == name
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -371,8 +373,8 @@ def test_digit_captions_and_class_names() -> None:
 
 def test_every_language_has_enough_templates() -> None:
     for lang in LANGS:
-        assert len(world._SHAPE_TEMPLATES[lang]) >= 4
-        assert len(world._DIGIT_TEMPLATES[lang]) >= 4
+        assert len(world.language(lang).shape_templates) >= 4
+        assert len(world.language(lang).digit_templates) >= 4
         for k in range(8):
             for scene in ([Thing("pink", "ring")], [Thing("pink", "ring", "small", "top"), Thing("brown", "cross")]):
                 text = describe_shapes(lang, scene, k)
@@ -423,3 +425,55 @@ def test_bad_caption_arguments() -> None:
 def test_progress_bar(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     generate_world(tmp_path, train_samples=3, eval_samples=2, image_size=32, progress=True)
     assert "world train" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Adding a language
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def italian():
+    """The 11th language of tests/world_language_it.py, registered for one test."""
+    from world_language_it import LANGUAGE
+
+    world.register(LANGUAGE)
+    yield LANGUAGE
+    world.unregister(LANGUAGE.code)
+
+
+def test_an_eleventh_language_is_one_file(italian, tmp_path: Path) -> None:
+    assert world.language_codes() == (*LANGS, "it")
+    assert (
+        describe_shapes("it", [Thing("red", "star", "small", "left")], 1)
+        == "una foto di una piccola stella rossa a sinistra"
+    )
+    generate_world(tmp_path, **ARGS)
+    captions = [parse_meta(s)["captions"] for s in iter_samples(tmp_path / "train")]
+    assert sum("it" in c for c in captions) > 0.2 * len(captions)
+    for task, classes in (("shapes", 90), ("digits", 10)):
+        names = json.loads((tmp_path / "eval" / task / "classnames.json").read_text("utf-8"))
+        assert len(names["it"]) == classes and len(set(names["it"])) == classes
+    assert json.loads((tmp_path / "world.json").read_text("utf-8"))["languages"][-1] == "it"
+
+
+def test_the_ten_languages_are_unchanged_by_an_added_one(italian) -> None:
+    assert class_names("shapes")["fr"][0] == "un cercle rouge"
+    assert set(class_templates("digits")) == {*LANGS, "it"}
+
+
+def test_an_incomplete_language_is_refused_naming_the_gap(italian) -> None:
+    from dataclasses import replace
+
+    def no_hearts(t: Thing, case: str) -> str:
+        if t.shape == "heart":
+            raise KeyError("heart")
+        return italian.noun_phrase(t, case)
+
+    with pytest.raises(ValueError, match=r"'xx'.*heart"):
+        world.register(replace(italian, code="xx", noun_phrase=no_hearts))
+    with pytest.raises(ValueError, match=r"'yy'.*positions"):
+        world.register(replace(italian, code="yy", positions={"left": "a sinistra"}))
+    with pytest.raises(ValueError, match="already registered"):
+        world.register(replace(italian))
+    assert "xx" not in world.language_codes() and "yy" not in world.language_codes()
