@@ -314,14 +314,11 @@ def _add_teacher(sub: argparse._SubParsersAction) -> None:
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="zero-shot, retrieval and cross-lingual alignment evaluation per language")
-    tasks = p.add_subparsers(dest="eval_task", required=True, metavar="{zeroshot,retrieval,alignment}")
-    helps = {
-        "zeroshot": "zero-shot classification: top-1, top-5, mean per-class recall per language",
-        "retrieval": "image-text retrieval: recall@1/5/10 both ways per language",
-        "alignment": "cross-lingual alignment of the text tower from parallel captions (no images)",
-    }
-    for task, text in helps.items():
-        t = tasks.add_parser(task, help=text)
+    from dcclip.eval.tasks import TASKS
+
+    tasks = p.add_subparsers(dest="eval_task", required=True, metavar="{" + ",".join(TASKS) + "}")
+    for name, task in TASKS.items():
+        t = tasks.add_parser(name, help=task.help)
         t.add_argument(
             "--model",
             action="append",

@@ -4,12 +4,32 @@
 teacher spec into an ``EmbeddingModel``. Nothing here imports torch or matplotlib until a model or chart needs it.
 """
 
-from dcclip.eval.alignment import evaluate_alignment
-from dcclip.eval.datasets import ClassificationDataset, DatasetError, RetrievalDataset, open_dataset
-from dcclip.eval.models import EmbeddingModel, ModelLoadError, load_model
-from dcclip.eval.report import run_eval
-from dcclip.eval.retrieval import evaluate_retrieval, recall_at_k
-from dcclip.eval.zeroshot import evaluate_zeroshot, zeroshot_classifier
+import importlib
+from typing import Any
+
+# Loaded on first use (PEP 562): the CLI reads the task registry (eval/tasks.py) without importing the evaluators.
+_EXPORTS = {
+    "ClassificationDataset": "dcclip.eval.datasets",
+    "DatasetError": "dcclip.eval.datasets",
+    "EmbeddingModel": "dcclip.eval.models",
+    "ModelLoadError": "dcclip.eval.models",
+    "RetrievalDataset": "dcclip.eval.datasets",
+    "evaluate_alignment": "dcclip.eval.alignment",
+    "evaluate_retrieval": "dcclip.eval.retrieval",
+    "evaluate_zeroshot": "dcclip.eval.zeroshot",
+    "load_model": "dcclip.eval.models",
+    "open_dataset": "dcclip.eval.datasets",
+    "recall_at_k": "dcclip.eval.retrieval",
+    "run_eval": "dcclip.eval.report",
+    "zeroshot_classifier": "dcclip.eval.zeroshot",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'dcclip.eval' has no attribute {name!r}")
+
 
 __all__ = [
     "ClassificationDataset",

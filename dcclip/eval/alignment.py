@@ -23,11 +23,13 @@ import numpy as np
 from dcclip.eval.datasets import DatasetError, RetrievalDataset
 from dcclip.eval.embedding import embed_texts
 from dcclip.eval.models import EmbeddingModel
+from dcclip.eval.tasks import TASKS
 
 __all__ = ["METRICS", "PIVOT", "alignment_scores", "evaluate_alignment", "parallel_pairs"]
 
-PIVOT = "en"
+PIVOT = TASKS["alignment"].pivot  # every language is measured against English
 METRICS = ("retrieval_acc", "retrieval_acc_en", "cos_pairs", "cos_random", "gap")
+COUNTS = {"retrieval_acc": "n", "retrieval_acc_en": "n"}  # shares of n caption pairs
 
 
 def _nearest_is_own(similarity: np.ndarray) -> np.ndarray:

@@ -21,17 +21,17 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dcclip import __version__
-from dcclip.eval import alignment, retrieval, stats, zeroshot
+from dcclip.eval import stats
 from dcclip.eval.datasets import ClassificationDataset, DatasetError, RetrievalDataset, open_dataset
 from dcclip.eval.models import TEACHER_PREFIXES, EmbeddingModel, default_name, load_model
+from dcclip.eval.tasks import TASKS, UNBOUNDED, EvalTask, get_task
 from dcclip.io import write_bytes_atomic
 
 __all__ = [
@@ -51,32 +51,8 @@ log = logging.getLogger(__name__)
 REPORT_FORMAT = "dcclip-eval-report"
 REPORT_VERSION = 2  # 2: METRIC_ci95 beside counted rates, count keys in "mean", an "intervals" section
 MEAN_ROW = "mean"
-UNBOUNDED = ("cos_pairs", "cos_random", "gap")  # cosines can be negative; every other metric is a rate in [0, 1]
+_DATASET_KINDS = {"classification": "a classification set (classnames + cls labels)", "retrieval": "a retrieval set"}
 ModelRef = str | os.PathLike | EmbeddingModel  # a reference for load_model, or a model object used as is
-
-
-@dataclass(frozen=True)
-class Task:
-    """What a task needs: the dataset kind it reads, the function that scores one model, the metrics it reports.
-
-    ``counts`` maps each metric that is a share of counted trials to the figure holding that count; those metrics
-    get Wilson intervals (mean per-class recall and cosines are not binomial shares and get none).
-    """
-
-    dataset_type: type
-    evaluate: Callable[..., dict[str, dict[str, Any]]]
-    metrics: tuple[str, ...]
-    counts: dict[str, str]
-
-
-ALIGNMENT_COUNTS = {"retrieval_acc": "n", "retrieval_acc_en": "n"}
-TASKS: dict[str, Task] = {
-    "zeroshot": Task(ClassificationDataset, zeroshot.evaluate_zeroshot, zeroshot.METRICS, zeroshot.COUNTS),
-    "retrieval": Task(
-        RetrievalDataset, retrieval.evaluate_retrieval, tuple(retrieval.metric_names()), retrieval.metric_counts()
-    ),
-    "alignment": Task(RetrievalDataset, alignment.evaluate_alignment, alignment.METRICS, ALIGNMENT_COUNTS),
-}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -84,18 +60,16 @@ TASKS: dict[str, Task] = {
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _task(task: str) -> Task:
-    """The Task for a name, or ValueError listing the known ones."""
-    if task not in TASKS:
-        raise ValueError(f"unknown eval task {task!r}; expected one of {', '.join(TASKS)}")
-    return TASKS[task]
+def _task(task: str) -> EvalTask:
+    """The registered task for a name, or ValueError listing the known ones."""
+    return get_task(task)
 
 
 def _open_for(task: str, dataset: Path, max_samples: int | None) -> ClassificationDataset | RetrievalDataset:
     """Open the dataset and check it is the kind the task reads (classification vs retrieval)."""
     ds = open_dataset(dataset, max_samples=max_samples)
-    if not isinstance(ds, _task(task).dataset_type):
-        wanted = "a classification set (classnames + cls labels)" if task == "zeroshot" else "a retrieval set"
+    if ds.info()["type"] != _task(task).dataset_kind:
+        wanted = _DATASET_KINDS[_task(task).dataset_kind]
         raise DatasetError(f"{dataset}: task {task!r} needs {wanted}, but this is a {ds.info()['type']} set")
     return ds
 
@@ -103,13 +77,14 @@ def _open_for(task: str, dataset: Path, max_samples: int | None) -> Classificati
 def _task_langs(task: str, ds: ClassificationDataset | RetrievalDataset, langs: Sequence[str] | None) -> list[str]:
     """The languages to score, checked against the dataset before any model is loaded (fail fast)."""
     chosen = list(dict.fromkeys(langs)) if langs else list(ds.langs)
-    if task == "alignment":
-        ds.check_langs([alignment.PIVOT, *chosen])
-        chosen = [lang for lang in chosen if lang != alignment.PIVOT]
-        if not chosen:
-            raise DatasetError(f"{ds.root}: alignment needs a language besides {alignment.PIVOT!r}")
+    pivot = _task(task).pivot
+    if pivot is None:
+        ds.check_langs(chosen)
         return chosen
-    ds.check_langs(chosen)
+    ds.check_langs([pivot, *chosen])
+    chosen = [lang for lang in chosen if lang != pivot]
+    if not chosen:
+        raise DatasetError(f"{ds.root}: {task} needs a language besides {pivot!r}")
     return chosen
 
 
@@ -431,7 +406,7 @@ def _evaluate_one(
 def _samples_evaluated(task: str, entries: list[dict[str, Any]]) -> int:
     """How many images (zero-shot, retrieval) or caption pairs (alignment, largest language) were scored."""
     per_lang = entries[0]["results"].values()
-    key = {"zeroshot": "n", "retrieval": "n_images", "alignment": "n"}[task]
+    key = _task(task).size_key
     return max(int(figures[key]) for figures in per_lang)
 
 

@@ -33,6 +33,10 @@ def metric_counts(ks: Sequence[int] = KS) -> dict[str, str]:
     return {f"i2t_R@{k}": "n_i2t" for k in ks} | {f"t2i_R@{k}": "n_texts" for k in ks}
 
 
+METRICS = tuple(metric_names())
+COUNTS = metric_counts()
+
+
 def _text_ranks(similarity: np.ndarray, text_to_image: np.ndarray) -> np.ndarray:
     """For each caption, how many other images score at least as high as its own image."""
     own = similarity[np.arange(len(text_to_image)), text_to_image][:, None]
