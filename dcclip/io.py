@@ -65,8 +65,8 @@ def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> Path:
 
 @contextmanager
 def atomic_dir(path: str | os.PathLike[str], tag: str = "tmp") -> Iterator[Path]:
-    """Yield an empty staging directory beside ``path``; on success it replaces ``path`` whole (an existing
-    directory there is removed first), on error the staging directory is removed."""
+    """Yield an empty staging directory beside ``path``; on success it replaces ``path`` whole (see
+    ``replace_dir``), on error the staging directory is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = temp_name(path, tag)
@@ -74,8 +74,22 @@ def atomic_dir(path: str | os.PathLike[str], tag: str = "tmp") -> Iterator[Path]
     staging.mkdir()
     try:
         yield staging
-        if path.exists():
-            _remove(path)
-        os.replace(staging, path)
+        replace_dir(staging, path)
     finally:
         _remove(staging)
+
+
+def replace_dir(staging: Path, path: Path) -> None:
+    """Rename ``staging`` onto ``path``; an existing directory is swapped aside first and put back if that fails."""
+    if not path.exists():
+        os.replace(staging, path)
+        return
+    old = temp_name(path, "old")
+    _remove(old)
+    os.replace(path, old)
+    try:
+        os.replace(staging, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    _remove(old)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from dcclip import __version__
-from dcclip.io import write_json_atomic
+from dcclip.io import atomic_dir, write_json_atomic
 from dcclip.models.students import LoadedStudent, load_student_checkpoint
 from dcclip.runtime.bundle import (
     BUNDLE_FORMAT,
@@ -98,14 +97,8 @@ def export_bundle(
     _check_replaceable(out)
     loaded = load_student_checkpoint(checkpoint)
     precisions = ["fp32", "int8"] if precision == "both" else [precision]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as staging:
         manifest = _build(loaded, staging, precisions, calib_shards, eval_set_paths(eval_set), min_agreement)
-        _publish(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     log.info("bundle written to %s (%s)", out, ", ".join(precisions))
     return manifest
 
@@ -469,18 +462,3 @@ def _check_replaceable(out: Path) -> None:
         raise ExportError(f"{out} exists and is not a directory; choose another output path")
     if any(out.iterdir()) and not _is_bundle(out):
         raise ExportError(f"{out} is a non-empty directory that is not a dcclip bundle; refusing to replace it")
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Move the finished bundle into place: a rename, with any previous bundle swapped out first."""
-    if not out.exists():
-        os.replace(staging, out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.replace(out, old)
-    try:
-        os.replace(staging, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

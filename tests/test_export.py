@@ -336,7 +336,8 @@ def test_export_refuses_to_overwrite_a_foreign_directory(tiny, tmp_path):
 
 
 def test_publish_replaces_a_previous_bundle(tmp_path):
-    from dcclip.export.bundle import _check_replaceable, _publish
+    from dcclip.export.bundle import _check_replaceable
+    from dcclip.io import replace_dir
 
     out, staging = tmp_path / "bundle", tmp_path / ".staging"
     out.mkdir()
@@ -345,7 +346,7 @@ def test_publish_replaces_a_previous_bundle(tmp_path):
     staging.mkdir()
     (staging / "manifest.json").write_text("{}")
     _check_replaceable(out)
-    _publish(staging, out)
+    replace_dir(staging, out)
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 

@@ -46,3 +46,21 @@ def test_atomic_dir_replaces_a_directory_whole_or_not_at_all(tmp_path):
         (staging / "z").write_text("3")
     assert sorted(p.name for p in final.iterdir()) == ["z"]
     assert _siblings(final) == ["ckpt"]
+
+
+def test_replace_dir_puts_the_old_directory_back_when_the_rename_fails(tmp_path, monkeypatch):
+    out, staging = tmp_path / "bundle", tmp_path / ".staging"
+    out.mkdir()
+    (out / "old").write_text("old")
+    staging.mkdir()
+    real_replace = io.os.replace
+
+    def failing(src, dst):
+        if src == staging:
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", failing)
+    with pytest.raises(OSError, match="disk full"):
+        io.replace_dir(staging, out)
+    assert sorted(p.name for p in out.iterdir()) == ["old"]
