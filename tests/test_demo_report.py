@@ -8,6 +8,8 @@ import pytest
 
 from dcclip.demo.report import (
     accuracy_table,
+    attribute_breakdown,
+    breakdown_markdown,
     eval_classes,
     headline,
     headline_markdown,
@@ -132,3 +134,18 @@ def test_interleaved_ms_times_every_function_in_turn():
     assert calls == ["a", "b"] + ["a", "b"] * 4  # warm-up, then one call of each per round
     assert {key: len(values) for key, values in times.items()} == {"a": 4, "b": 4}
     assert all(value >= 0 for values in times.values() for value in values)
+
+
+def test_breakdown_says_which_part_of_a_class_the_models_get_right():
+    summary = eval_summary()
+    assert attribute_breakdown(summary, "zeroshot_shapes") is None  # no class attributes: no breakdown
+    for model, per_lang in summary["zeroshot_shapes"]["results"].items():
+        for lang, figures in per_lang.items():
+            figures |= {"top1_colour": 0.9, "top1_colour_ci95": [0.85, 0.93], "top1_shape": CORRECT[model][lang] / N}
+    breakdown = attribute_breakdown(summary, "zeroshot_shapes")
+    assert breakdown["metrics"] == ["top1", "top1_colour", "top1_shape"]
+    stage2 = breakdown["models"]["student stage 2"]
+    assert stage2["en"] == {"top1": 0.55, "top1_colour": 0.9, "top1_shape": 0.55}
+    assert stage2["mean"]["top1_shape"] == pytest.approx((110 + 102 + 96) / N / 3)
+    text = breakdown_markdown(breakdown)
+    assert "colour right (en · mean)" in text and "| student stage 2 | 55.0% · 51.3% | 90.0% · 90.0% |" in text

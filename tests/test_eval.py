@@ -161,6 +161,25 @@ def oracle_retrieval_model(name: str = "oracle", dim: int = 16) -> FakeModel:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def test_zeroshot_breaks_top1_down_by_class_attributes(tmp_path):
+    root = write_classification_set(tmp_path / "cls")
+    parity = ["even" if c % 2 == 0 else "odd" for c in range(N_CLASSES)]
+    half = ["low" if c < 4 else "high" for c in range(N_CLASSES)]
+    write_json(root / "class_attributes.json", {"parity": parity, "half": half})
+    results = evaluate_zeroshot(ranked_model(), open_dataset(root), ["en"])["en"]
+    # wrong top-1s: image 1 (0 -> 1), image 3 (1 -> 0), image 9 (6 -> 0)
+    assert results["top1"] == pytest.approx(0.7) and results["n"] == 10
+    assert results["top1_parity"] == pytest.approx(0.8) and results["top1_half"] == pytest.approx(0.9)
+    low, high = results["top1_half_ci95"]
+    assert low < 0.9 < high
+    write_json(root / "class_attributes.json", {"parity": parity[:-1]})
+    with pytest.raises(DatasetError, match=r"class_attributes\.json.*'parity'.*8 strings"):
+        open_dataset(root)
+    (root / "class_attributes.json").write_text("[1, 2]")
+    with pytest.raises(DatasetError, match=r"class_attributes\.json"):
+        open_dataset(root)
+
+
 def test_zeroshot_known_answer(tmp_path):
     ds = open_dataset(write_classification_set(tmp_path / "cls"))
     assert isinstance(ds, ClassificationDataset) and ds.langs == ["en", "fr"]

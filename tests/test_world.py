@@ -477,3 +477,11 @@ def test_an_incomplete_language_is_refused_naming_the_gap(italian) -> None:
     with pytest.raises(ValueError, match="already registered"):
         world.register(replace(italian))
     assert "xx" not in world.language_codes() and "yy" not in world.language_codes()
+
+
+def test_the_shapes_eval_set_names_each_class_colour_and_shape(world_dir: Path) -> None:
+    root = world_dir / "eval" / "shapes"
+    attributes = json.loads((root / "class_attributes.json").read_text("utf-8"))
+    names = json.loads((root / "classnames.json").read_text("utf-8"))["en"]
+    assert [f"{c} {s}" for c, s in zip(attributes["colour"], attributes["shape"], strict=True)] == names
+    assert not (world_dir / "eval" / "digits" / "class_attributes.json").exists()

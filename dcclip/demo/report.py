@@ -398,6 +398,7 @@ def write_report(settings: Any, summaries: dict[str, Any], step_seconds: dict[st
         "seconds": {"total_this_run": round(total, 1), "steps": {k: round(v, 1) for k, v in step_seconds.items()}},
         "headline": headline(tables),
         "top1": tables,
+        "breakdown": {task: attribute_breakdown(evals, task) for task in TASKS},
         "retrieval": evals["retrieval"],
         "alignment": evals["alignment"],
         "speed_size": summaries["bench"],
@@ -411,6 +412,40 @@ def write_report(settings: Any, summaries: dict[str, Any], step_seconds: dict[st
     write_json_atomic(out / "report.json", report)
     (out / "report.md").write_text(report_markdown(report), encoding="utf-8")
     return report
+
+
+def attribute_breakdown(eval_summary: dict[str, Any], task: str) -> dict[str, Any] | None:
+    """What each model gets right of a class's parts (``top1_<attribute>`` from the eval, e.g. colour vs shape):
+    {model: {"en": {metric: rate}, "mean": {metric: mean over languages}}}; None when the set has no attributes."""
+    results = eval_summary[task]["results"]
+    first = next(iter(next(iter(results.values())).values()))
+    metrics = ["top1", *sorted(k for k in first if k.startswith("top1_") and not k.endswith("_ci95"))]
+    if len(metrics) == 1:
+        return None
+    models = [m for m in TABLE_MODELS if m in results] or list(results)
+    table = {}
+    for model in models:
+        per_lang = results[model]
+        table[model] = {
+            "en": {m: per_lang["en"][m] for m in metrics} if "en" in per_lang else None,
+            MEAN_ROW: {m: float(np.mean([figures[m] for figures in per_lang.values()])) for m in metrics},
+        }
+    return {"metrics": metrics, "models": table}
+
+
+def breakdown_markdown(breakdown: dict[str, Any]) -> str:
+    """The breakdown as a table: per model, English and the mean over languages for each attribute."""
+    metrics = breakdown["metrics"]
+    names = ["top-1" if m == "top1" else f"{m.removeprefix('top1_')} right" for m in metrics]
+    header = "| model | " + " | ".join(f"{n} (en · mean)" for n in names) + " |"
+    lines = [header, "|---|" + "---:|" * len(metrics)]
+    for model, rows in breakdown["models"].items():
+        cells = []
+        for m in metrics:
+            en = "–" if rows["en"] is None else f"{100 * rows['en'][m]:.1f}%"
+            cells.append(f"{en} · {100 * rows[MEAN_ROW][m]:.1f}%")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def eval_classes(report_dir: Path) -> int | None:
@@ -523,6 +558,13 @@ def report_markdown(report: dict[str, Any]) -> str:
             retention_markdown(table),
             f"\n![{task}]({report['charts'][task]})",
         ]
+        breakdown = report.get("breakdown", {}).get(task)
+        if breakdown:
+            parts += [
+                "\nWhat was lost: how often the top-1 class has the right part of the true class (its colour, its "
+                "shape), in English and as the mean over languages.\n",
+                breakdown_markdown(breakdown),
+            ]
     parts += [
         "\n## Speed and size\n",
         speed_markdown(report["speed_size"]),

@@ -52,6 +52,7 @@ CLASSNAMES_JSON = "classnames.json"
 TEMPLATES_JSON = "templates.json"
 DATASET_TYPE = "dataset_type.txt"
 NSHARDS = "nshards.txt"
+ATTRIBUTES_JSON = "class_attributes.json"  # optional: {attribute: [value of each class]}, e.g. colour, shape
 # clip_benchmark's order of preference when a sample holds several image fields.
 WDS_IMAGE_FIELDS = ("webp", "png", "jpg", "jpeg")
 IMAGEFOLDER_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -154,6 +155,27 @@ def read_classification_text(
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def read_class_attributes(root: Path, n_classes: int) -> dict[str, list[str]]:
+    """``class_attributes.json`` ({attribute: [value of class 0, 1, ...]}) if the set has one, checked; else {}.
+
+    With attributes, zero-shot also reports for each one how often the predicted class shares the true class's value
+    (``top1_colour``: the colour was right, whatever the shape): a breakdown of what a model gets wrong.
+    """
+    path = root / ATTRIBUTES_JSON
+    if not path.is_file():
+        return {}
+    try:
+        table = json.loads(path.read_text("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{path}: not valid UTF-8 JSON ({exc})") from exc
+    if not isinstance(table, dict) or not table:
+        raise DatasetError(f"{path}: expected an object {{attribute: [one value per class]}}")
+    for name, values in table.items():
+        if not isinstance(values, list) or len(values) != n_classes or not all(isinstance(v, str) for v in values):
+            raise DatasetError(f"{path}: attribute {name!r} needs a list of {n_classes} strings (one per class)")
+    return {str(name): list(values) for name, values in table.items()}
+
+
 def wds_shards(root: Path, split: str = "test") -> list[Path]:
     """``ROOT/split/0.tar .. {n-1}.tar``, n from ``nshards.txt`` (or, without it, the numbered tars there, which must
     run from 0 without a gap); every shard must exist."""
@@ -238,6 +260,7 @@ class ClassificationDataset:
     shards: list[Path] = field(default_factory=list)
     files: list[tuple[Path, int]] = field(default_factory=list)  # ImageFolder: (image path, label)
     skipped: list[str] = field(default_factory=list)  # images left out by samples(skip_undecodable=True)
+    attributes: dict[str, list[str]] = field(default_factory=dict)  # {attribute: value per class} (optional)
 
     @property
     def n_classes(self) -> int:
@@ -339,7 +362,10 @@ def open_imagefolder(root: Path, max_samples: int | None = None) -> Classificati
         sources["classnames:en"] = f"{root}/<folder names>"
         if "en" not in templates and not (root / TEMPLATES_JSON).exists():
             templates["en"], sources["templates:en"] = list(DEFAULT_TEMPLATES), "<default CLIP template>"
-    return ClassificationDataset(root, "imagefolder", names, templates, sources, max_samples, files=files)
+    attributes = read_class_attributes(root, len(class_dirs))
+    return ClassificationDataset(
+        root, "imagefolder", names, templates, sources, max_samples, files=files, attributes=attributes
+    )
 
 
 def open_wds_classification(root: Path, max_samples: int | None = None, split: str = "test") -> ClassificationDataset:
@@ -348,7 +374,10 @@ def open_wds_classification(root: Path, max_samples: int | None = None, split: s
     names, templates, sources = read_classification_text(root)
     if not names:
         raise DatasetError(f"{root / CLASSNAMES_TXT}: missing (and no {CLASSNAMES_JSON}); zero-shot needs class names")
-    return ClassificationDataset(root, "wds", names, templates, sources, max_samples, shards=shards)
+    attributes = read_class_attributes(root, len(next(iter(names.values()))))
+    return ClassificationDataset(
+        root, "wds", names, templates, sources, max_samples, shards=shards, attributes=attributes
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from dcclip.eval import stats
 from dcclip.eval.datasets import ClassificationDataset, DatasetError
 from dcclip.eval.embedding import embed_image_stream, embed_texts
 from dcclip.eval.models import EmbeddingModel
@@ -79,6 +80,23 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
     }
 
 
+def attribute_accuracy(logits: np.ndarray, labels: np.ndarray, values: Sequence[str]) -> float:
+    """Share of rows whose top-1 class has the same attribute value as the true class (e.g. the right colour)."""
+    table = np.asarray(values, dtype=object)
+    predicted = np.asarray(logits).argmax(axis=1)
+    return float(np.mean(table[predicted] == table[np.asarray(labels, dtype=np.int64)]))
+
+
+def attribute_metrics(logits: np.ndarray, labels: np.ndarray, attributes: dict[str, list[str]]) -> dict[str, Any]:
+    """``top1_<attribute>`` with its 95% Wilson interval for every class attribute of the set."""
+    out: dict[str, Any] = {}
+    for name, values in attributes.items():
+        rate = attribute_accuracy(logits, labels, values)
+        out[f"top1_{name}"] = rate
+        out[stats.ci_key(f"top1_{name}")] = list(stats.wilson_interval(round(rate * len(labels)), len(labels)))
+    return out
+
+
 def embed_dataset_images(
     model: EmbeddingModel, dataset: ClassificationDataset, batch_size: int = 64, progress: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -103,12 +121,17 @@ def evaluate_zeroshot(
     batch_size: int = 64,
     progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Per language: {top1, top5, mean_per_class_recall, n}; images are embedded once for all languages."""
+    """Per language: {top1, top5, mean_per_class_recall, n} (plus ``top1_<attribute>`` with its interval when the set
+    has class attributes); images are embedded once for all languages."""
     langs = list(langs) if langs else dataset.langs
     dataset.check_langs(langs)
     image_emb, labels = embed_dataset_images(model, dataset, batch_size, progress)
     results = {}
     for lang in langs:
         classes = zeroshot_classifier(model, dataset.classnames[lang], dataset.templates[lang], batch_size, progress)
-        results[lang] = classification_metrics(image_emb @ classes.T, labels)
+        logits = image_emb @ classes.T
+        results[lang] = {
+            **classification_metrics(logits, labels),
+            **attribute_metrics(logits, labels, dataset.attributes),
+        }
     return results

@@ -107,6 +107,15 @@ def class_names(task: str) -> dict[str, list[str]]:
     raise ValueError(f"task must be 'shapes' or 'digits'; got {task!r}")
 
 
+def class_attributes(task: str) -> dict[str, list[str]]:
+    """What each class is made of, per attribute, for the eval's breakdown ({"colour": [...], "shape": [...]})."""
+    if task == "shapes":
+        return {"colour": [c for c, _ in shape_classes()], "shape": [s for _, s in shape_classes()]}
+    if task == "digits":
+        return {}
+    raise ValueError(f"task must be 'shapes' or 'digits'; got {task!r}")
+
+
 def class_templates(task: str) -> dict[str, list[str]]:
     """Zero-shot templates per language for ``task``; each has one ``{c}``."""
     field = {"shapes": "shape_class_templates", "digits": "digit_class_templates"}.get(task)

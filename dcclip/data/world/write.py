@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 
 from dcclip.data.shards import ShardSetWriter, write_shard
-from dcclip.data.world.grammar import class_names, class_templates, describe_digit, describe_shapes, shape_classes
+from dcclip.data.world.grammar import (
+    class_attributes,
+    class_names,
+    class_templates,
+    describe_digit,
+    describe_shapes,
+    shape_classes,
+)
 from dcclip.data.world.registry import COLOURS, SHAPES, Thing, language, language_codes
 from dcclip.data.world.render import (
     _EVAL_DIGITS,
@@ -220,6 +227,8 @@ def _write_classification(
     _write_text(root / "zeroshot_classification_templates.txt", templates["en"])
     _write_json(root / "classnames.json", names)
     _write_json(root / "templates.json", templates)
+    if class_attributes(task):
+        _write_json(root / "class_attributes.json", class_attributes(task))
     return {"samples": count, "shards": nshards, "classes": len(names["en"])}
 
 
