@@ -162,7 +162,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         Path(args.out),
         precision=args.precision,
         calib_shards=args.calib_shards,
-        eval_set=Path(args.eval_set) if args.eval_set else None,
+        eval_set=[Path(p) for p in args.eval_set] if args.eval_set else None,
+        min_agreement=args.min_agreement,
     )
     print(
         json.dumps({"bundle": args.out, "precisions": manifest["precisions"], "parity": manifest["parity"]}, indent=2)
@@ -343,7 +344,18 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", required=True, help="bundle directory to write")
     e.add_argument("--precision", choices=["fp32", "int8", "both"], default="both")
     e.add_argument("--calib-shards", default=None, help="shards whose images calibrate int8 and check parity")
-    e.add_argument("--eval-set", default=None, help="clip_benchmark-layout set for zero-shot agreement checks")
+    e.add_argument(
+        "--eval-set",
+        action="append",
+        default=None,
+        help="clip_benchmark-layout set for the zero-shot agreement checks (repeat for several)",
+    )
+    e.add_argument(
+        "--min-agreement",
+        type=float,
+        default=None,
+        help="top-1 agreement an int8 tower needs with fp32 to ship int8 (default 0.97); below it the tower ships fp32",
+    )
     e.set_defaults(func=_cmd_export)
 
     c = sub.add_parser("classify", help="zero-shot classify images with a bundle (no torch needed)")

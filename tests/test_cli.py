@@ -139,3 +139,19 @@ def test_missing_input_is_a_clean_error(tmp_path, capsys):
     assert main(["shards", "validate", str(tmp_path / "missing")]) == 1
     assert "error" in capsys.readouterr().err
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_export_takes_several_eval_sets_and_an_agreement_bar(monkeypatch, tmp_path, capsys):
+    import dcclip.export.bundle as bundle
+
+    seen = {}
+
+    def fake_export(checkpoint, out, **kwargs):
+        seen.update(kwargs, checkpoint=checkpoint, out=out)
+        return {"precisions": ["fp32", "int8"], "parity": {}}
+
+    monkeypatch.setattr(bundle, "export_bundle", fake_export)
+    argv = ["export", "--checkpoint", "ck", "--out", str(tmp_path / "b"), "--eval-set", "a", "--eval-set", "b"]
+    assert main([*argv, "--min-agreement", "0.99"]) == 0
+    assert seen["eval_set"] == [Path("a"), Path("b")] and seen["min_agreement"] == 0.99
+    assert json.loads(capsys.readouterr().out)["precisions"] == ["fp32", "int8"]
