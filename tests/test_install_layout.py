@@ -42,3 +42,14 @@ def test_current_install_maps_stages_and_export_inside_dcclip(tmp_path):
     assert out.returncode == 0, out.stderr
     stages_file, export_file = out.stdout.split()
     assert Path(stages_file).parent.name == "stages" and Path(export_file).parent.name == "export"
+
+
+def test_every_package_folder_is_listed_for_installation():
+    """pyproject lists packages one by one: a new sub-package missing there imports here but not from a wheel."""
+    import tomllib
+
+    from dcclip.tools.layout import module_name, source_files
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text("utf-8"))["tool"]["setuptools"]["packages"])
+    packages = {module_name(path, REPO) for path in source_files(REPO) if path.name == "__init__.py"}
+    assert packages <= listed, sorted(packages - listed)
