@@ -7,6 +7,7 @@ leaves half a checkpoint as the latest one. Only the last K are kept.
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import re
 import shutil
@@ -42,16 +43,25 @@ class Checkpoint:
 
 
 def rng_state() -> dict[str, Any]:
-    """Every random generator a run touches, so a resumed run draws the same numbers."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every random generator a run touches, so a resumed run draws the same numbers; tensors and plain values only,
+    so the state loads with ``torch.load(weights_only=True)``."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}  # fmt: skip
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(_as_python_random_state(state["python"]))
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        keys = numpy_state["keys"].numpy().astype(np.uint32)
+        numpy_state = (numpy_state["name"], keys, numpy_state["pos"], numpy_state["has_gauss"],
+                       numpy_state["cached_gaussian"])  # fmt: skip
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -140,14 +150,37 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path / CONFIG_FILE}: invalid JSON ({exc})") from exc
 
 
-def read_checkpoint(path: str | Path, with_state: bool = True) -> Checkpoint:
+def _as_python_random_state(state: Any) -> tuple:
+    """``random.setstate`` wants nested tuples; a state that went through a file may come back as lists."""
+    version, internal, gauss = state
+    return int(version), tuple(int(v) for v in internal), gauss
+
+
+def read_trainer_state(path: Path, trusted: bool = False) -> dict[str, Any]:
+    """The trainer state file of a checkpoint, loaded so that it cannot run code (tensors and plain values only).
+
+    A file holding anything else (written by dcclip before 0.x, or by someone else) is refused, naming the file; with
+    ``trusted`` (``train.trust_state=true``) it is loaded with full unpickling, for files you made yourself.
+    """
+    file = Path(path) / STATE_FILE
+    try:
+        return torch.load(file, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{file}: holds Python objects besides tensors and plain values (an older dcclip wrote it, or someone "
+            "else did); loading it could run code, so it was refused. If you made this checkpoint yourself, resume "
+            f"with train.trust_state=true. Detail: {str(exc).splitlines()[0]}"
+        ) from exc
+
+
+def read_checkpoint(path: str | Path, with_state: bool = True, trusted: bool = False) -> Checkpoint:
     """Load weights (and optionally the trainer state) of a checkpoint directory or a run's latest."""
     from safetensors.torch import load_file
 
     path = resolve_checkpoint(path)
     state = None
     if with_state and (path / STATE_FILE).is_file():
-        state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+        state = read_trainer_state(path, trusted)
     return Checkpoint(path, read_config(path), load_file(str(path / MODEL_FILE)), state)
 
 

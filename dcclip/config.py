@@ -136,6 +136,7 @@ class TrainConfig:
     init: str = ""  # checkpoint whose model weights start this run (stage 2 starts from stage 1)
     freeze_image: bool = False
     freeze_text: bool = False
+    trust_state: bool = False  # resume from a trainer state that needs full unpickling (only files you made)
 
     def validate(self, path: str) -> None:
         _require(self.steps >= 1, f"{path}.steps", "must be >= 1")

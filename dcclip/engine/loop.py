@@ -138,7 +138,7 @@ class Trainer:
         if path is None:
             log.info("no checkpoint in %s yet: starting fresh", self.spec.run_dir)
             return
-        loaded = ckpt.read_checkpoint(path)
+        loaded = ckpt.read_checkpoint(path, trusted=self.spec.train.trust_state)
         self._check_compatible(loaded)
         ckpt.load_weights(self.student, loaded)
         state = loaded.trainer_state
