@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from dcclip import demo
+from dcclip.demo import run as demo
 from dcclip.demo import DemoSettings, DemoStepError, run_demo
 
 

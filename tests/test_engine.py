@@ -114,6 +114,20 @@ def test_killed_run_resumes_to_the_same_parameters(
         assert torch.allclose(straight[name], resumed[name], atol=1e-6), name
     steps = [r["step"] for r in metrics(tmp_path / "killed")]
     assert steps[-4:] == [5, 6, 7, 8]
+    assert steps == sorted(set(steps)), "a resumed run logs each step once"
+
+
+def test_metrics_past_the_resumed_step_and_a_torn_line_are_dropped(tmp_path):
+    from dcclip.engine.metrics import MetricsWriter, read_metrics
+
+    writer = MetricsWriter(tmp_path, tensorboard=False)
+    for step in (1, 2, 3, 4, 5):
+        writer.write(step, {"loss": float(step)})
+    with writer.path.open("a") as handle:
+        handle.write('{"step": 6, "lo')  # killed mid-write
+    assert writer.truncate_after(4) == 2
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4]
+    assert writer.truncate_after(4) == 0
 
 
 def test_resume_with_another_architecture_is_refused(toy_world, world_tokenizer_path, saved_teacher_spec, tmp_path):

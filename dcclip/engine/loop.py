@@ -133,10 +133,12 @@ class Trainer:
         """Restore weights, optimiser, schedule, counters, RNG and data position from ``train.resume``."""
         choice = self.spec.train.resume
         if not choice:
+            self.metrics.truncate_after(0)
             return
         path = ckpt.latest_checkpoint(self.spec.run_dir) if choice == "auto" else ckpt.resolve_checkpoint(choice)
         if path is None:
             log.info("no checkpoint in %s yet: starting fresh", self.spec.run_dir)
+            self.metrics.truncate_after(0)
             return
         loaded = ckpt.read_checkpoint(path, trusted=self.spec.train.trust_state)
         self._check_compatible(loaded)
@@ -153,6 +155,7 @@ class Trainer:
                 "resuming on %d ranks a run saved on %d: data order differs", self.env.world_size, state["world_size"]
             )
         self.loader.load_state_dict(state["data"])
+        self.metrics.truncate_after(self.step)
         if self.env.is_main:
             log.info("resumed from %s at step %d", path, self.step)
 

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dcclip.io import write_text_atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -38,6 +40,27 @@ class MetricsWriter:
             for name, value in values.items():
                 if isinstance(value, (int, float)):
                     self._tb.add_scalar(name, value, step)
+
+    def truncate_after(self, step: int) -> int:
+        """Drop records past ``step`` (and a line a kill cut short): a resumed run logs those steps again, so the
+        file never holds a step twice. Returns how many records were dropped."""
+        if not self.enabled or not self.path.is_file():
+            return 0
+        kept, dropped = [], 0
+        for line in self.path.read_text("utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if isinstance(record, dict) and int(record.get("step", 0)) <= step:
+                kept.append(line)
+            else:
+                dropped += 1
+        if dropped:
+            write_text_atomic(self.path, "".join(f"{line}\n" for line in kept))
+            log.info("%s: dropped %d records past step %d (they are logged again)", self.path, dropped, step)
+        return dropped
 
     def close(self) -> None:
         if self._tb is not None:
