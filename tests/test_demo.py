@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from dcclip.demo import run as demo
 from dcclip.demo import DemoSettings, DemoStepError, run_demo
+from dcclip.demo import run as demo
 
 
 def tiny(out) -> DemoSettings:
