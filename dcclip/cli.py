@@ -421,7 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that describe bad input (a path, a spec, a checkpoint), printed without a traceback."""
     errors: list[type[BaseException]] = [FileNotFoundError, ValueError, ImportError]
-    known = {"dcclip.checkpoint": "CheckpointError", "dcclip.models.teachers": "TeacherLoadError"}
+    known = {
+        "dcclip.checkpoint": "CheckpointError",
+        "dcclip.models.teachers": "TeacherLoadError",
+        "dcclip.runtime.errors": "BundleError",
+    }
     for module, name in known.items():
         loaded = sys.modules.get(module)  # a module never imported cannot have raised its error
         if loaded is not None:

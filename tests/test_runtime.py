@@ -408,3 +408,38 @@ def test_preprocess_matches_torchvision(size, interpolation):
         got = ours(image)
         assert got.shape == expected.shape == (3, size, size), name
         assert np.abs(got - expected).max() <= 1e-5, name
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Text that is not Unicode, bundle errors on the command line
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["\udc80", "caf\ud800e"])
+def test_lone_surrogates_are_invalid_text_naming_the_index(classifier, bad):
+    from dcclip.runtime.errors import InvalidLabelError, InvalidTemplateError, InvalidTextError
+
+    with pytest.raises(InvalidTextError, match=r"texts\[1\] is not valid Unicode text: lone surrogate U\+D"):
+        classifier.model.embed_texts(["ok", bad])
+    with pytest.raises(InvalidLabelError, match=r"labels\[1\] is not valid Unicode"):
+        classifier.classify([Image.new("RGB", (8, 8))], ["cat", bad], lang="en")
+    with pytest.raises(InvalidTemplateError, match=r"templates\[0\] is not valid Unicode"):
+        classifier.classify([Image.new("RGB", (8, 8))], ["cat"], lang="en", templates=["{c}" + bad])
+    with pytest.raises(ValueError, match=r"texts\[0\] is not valid Unicode"):
+        classifier.model.tokenizer.encode([bad], 8)
+
+
+def test_cli_gives_one_line_errors_for_undecodable_labels_and_broken_bundles(bundle, bundle_copy, tmp_path, capsys):
+    from dcclip.cli import main
+
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(image)
+    argv = ["classify", "--bundle", str(bundle), str(image), "--lang", "en"]
+    assert main([*argv, "--labels", "cat,\udcff"]) == 1  # what Python makes of the argv byte 0xff
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "labels[1] is not valid Unicode" in err and "Traceback" not in err
+    (bundle_copy / "manifest.json").write_text("{ not json", "utf-8")
+    argv[2] = str(bundle_copy)
+    assert main([*argv, "--labels", "cat,dog"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "manifest.json" in err and "Traceback" not in err

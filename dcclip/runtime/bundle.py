@@ -30,6 +30,7 @@ from dcclip.runtime.errors import (
     InvalidImageError,
     InvalidInputError,
     InvalidTextError,
+    check_unicode,
 )
 from dcclip.runtime.preprocess import ImageDecodeError, Preprocess, decode_image
 from dcclip.runtime.tokenizer import TextTokenizer
@@ -269,6 +270,7 @@ class BundleModel:
         for index, text in enumerate(texts):
             if not isinstance(text, str):
                 raise InvalidTextError(f"texts[{index}] is {type(text).__name__}, expected str")
+            check_unicode(text, f"texts[{index}]")
         out = []
         for start in range(0, len(texts), self.max_batch_size):
             ids, mask = self.tokenizer.encode(list(texts[start : start + self.max_batch_size]), self.text_max_length)

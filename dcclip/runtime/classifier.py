@@ -24,6 +24,7 @@ from dcclip.runtime.errors import (
     InvalidTemplateError,
     TooManyLabelsError,
     UnknownLanguageError,
+    check_unicode,
 )
 from dcclip.runtime.prompts import PLACEHOLDER, class_embeddings, fill_templates
 
@@ -186,6 +187,7 @@ class ZeroShotClassifier:
         for index, label in enumerate(labels):
             if not isinstance(label, str) or not label.strip():
                 raise InvalidLabelError(f"labels[{index}] must be a non-empty string, got {label!r}")
+            check_unicode(label, f"labels[{index}]", InvalidLabelError)
             if label in seen:
                 raise InvalidLabelError(f"labels[{index}] {label!r} is a duplicate")
             seen.add(label)
@@ -194,6 +196,7 @@ class ZeroShotClassifier:
         """A string, and one of the bundle's languages when the bundle lists them."""
         if not isinstance(lang, str) or not lang:
             raise UnknownLanguageError(f"lang must be a language code string, got {lang!r}")
+        check_unicode(lang, "lang", UnknownLanguageError)
         known = self.model.languages
         if known and lang not in known:
             raise UnknownLanguageError(f"language {lang!r} is not one of this bundle's languages {known}")
@@ -207,6 +210,7 @@ class ZeroShotClassifier:
         for index, template in enumerate(templates):
             if not isinstance(template, str) or PLACEHOLDER not in template:
                 raise InvalidTemplateError(f"templates[{index}] must be a string holding {PLACEHOLDER}: {template!r}")
+            check_unicode(template, f"templates[{index}]", InvalidTemplateError)
         return tuple(templates)
 
 

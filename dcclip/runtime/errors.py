@@ -50,7 +50,20 @@ class InvalidImageError(InvalidInputError):
 
 
 class InvalidTextError(InvalidInputError):
-    """Texts that are not a list of strings."""
+    """Texts that are not a list of strings, or a string that is not valid Unicode (a lone surrogate)."""
+
+
+def check_unicode(text: str, where: str, error: type[Exception] = InvalidTextError) -> None:
+    """Raise ``error`` naming ``where`` when ``text`` holds a lone surrogate (from undecodable argv bytes or a JSON
+    ``\\ud800`` escape): such a string has no UTF-8 form, so no tokenizer can read it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start]
+        raise error(
+            f"{where} is not valid Unicode text: lone surrogate U+{ord(bad):04X} at character {exc.start} "
+            "(undecodable bytes or a broken \\u escape)"
+        ) from None
 
 
 class EmptyLabelsError(InvalidInputError):

@@ -18,6 +18,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from dcclip.io import write_text_atomic
+from dcclip.runtime.errors import check_unicode
 
 __all__ = ["TOKENIZER_FILE", "TextTokenizer"]
 
@@ -134,6 +135,7 @@ def _check_texts(texts: Sequence[str]) -> None:
     for index, text in enumerate(texts):
         if not isinstance(text, str):
             raise TypeError(f"texts[{index}] is {type(text).__name__}, expected str")
+        check_unicode(text, f"texts[{index}]", ValueError)
 
 
 def _truncate(ids: list[int], special_mask: list[int], max_length: int) -> list[int]:
