@@ -443,3 +443,23 @@ def test_cli_gives_one_line_errors_for_undecodable_labels_and_broken_bundles(bun
     assert main([*argv, "--labels", "cat,dog"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "manifest.json" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_16_bit_greyscale_keeps_its_tones_instead_of_turning_white(mode):
+    import io
+
+    from dcclip.runtime.preprocess import decode_image, to_rgb
+
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64)
+    wide = Image.fromarray(ramp.astype(np.uint16 if mode == "I;16" else np.int32))
+    assert wide.mode == mode
+    images = [wide]
+    if mode == "I;16":  # a 16-bit PNG file, decoded the way every image dcclip reads is
+        buffer = io.BytesIO()
+        wide.save(buffer, format="PNG")
+        images.append(decode_image(buffer.getvalue()))
+    for image in images:
+        rgb = np.asarray(to_rgb(image))
+        assert rgb.shape == (64, 64, 3) and rgb.min() == 0 and rgb.max() == 255
+        assert abs(float(rgb[32, 0, 0]) - ramp[32, 0] / 257) <= 1  # mid-grey stays mid-grey

@@ -21,7 +21,7 @@ from dcclip.config import DataConfig
 from dcclip.data.augment import augment_views
 from dcclip.data.pipeline import EpochPosition, choose_captions, language_weights
 from dcclip.data.shards import ShardError, decode_sample, iter_tar_samples, shard_paths
-from dcclip.runtime.preprocess import ImageDecodeError, Preprocess
+from dcclip.runtime.preprocess import ImageDecodeError, Preprocess, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def decode_shard_set(source: str, preprocesses: Sequence[Preprocess], progress: 
             key = sample["__key__"]
             try:
                 info, image = decode_sample(sample)
-                image = image.convert("RGB")
+                image = to_rgb(image)
                 resized = {g: np.asarray(p.resize(image), dtype=np.uint8) for g, p in geometries.items()}
             except (ShardError, ImageDecodeError, ValueError, KeyError) as exc:
                 log.warning("%s: skipping %s: %s", url, key, exc)

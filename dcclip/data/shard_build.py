@@ -27,6 +27,7 @@ from dcclip.data.shards import (
     progress_bar,
     safe_key,
 )
+from dcclip.runtime.preprocess import to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ def _prepare_image(path: Path | None, max_side: int | None = None) -> tuple[str,
             if max_side is not None and max(img.size) > max_side:
                 return _resized(img, fmt, max_side)
             if fmt not in _FORMAT_EXT:
-                return "jpg", _encode(img.convert("RGB"), "JPEG")
+                return "jpg", _encode(to_rgb(img), "JPEG")
     except Exception as exc:  # PIL raises many types for bad files (OSError, SyntaxError, ValueError, bomb errors)
         raise _Skip("unreadable image", f"{path} does not decode ({type(exc).__name__}: {exc})") from exc
     return _FORMAT_EXT[fmt], data
@@ -197,7 +198,7 @@ def _prepare_image(path: Path | None, max_side: int | None = None) -> tuple[str,
 
 def _resized(img: Image.Image, fmt: str, max_side: int) -> tuple[str, bytes]:
     """Shrink so the longer side is ``max_side``: upright first (EXIF), RGB, then re-encoded in its own format."""
-    img = ImageOps.exif_transpose(img).convert("RGB")
+    img = to_rgb(ImageOps.exif_transpose(img))
     scale = max_side / max(img.size)
     size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
     img = img.resize(size, Image.Resampling.LANCZOS)

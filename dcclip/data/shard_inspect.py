@@ -22,6 +22,7 @@ from dcclip.data.shards import (
     shard_paths,
 )
 from dcclip.io import atomic_path
+from dcclip.runtime.preprocess import to_rgb
 
 # Scripts written without spaces between words: word counts are meaningless there.
 _NO_SPACE_LANGS = frozenset({"zh", "ja", "th", "lo", "km", "my", "bo", "yue", "wuu"})
@@ -234,7 +235,7 @@ def _draw_thumb(sheet: Image.Image, draw: ImageDraw.ImageDraw, sample: dict, x: 
     """Paste the sample's image, upright and fitted into the thumbnail box; a grey box when it does not decode."""
     try:
         with Image.open(io.BytesIO(sample[image_field(sample)])) as img:
-            thumb = ImageOps.exif_transpose(img).convert("RGB")
+            thumb = to_rgb(ImageOps.exif_transpose(img))
             thumb.thumbnail((_THUMB, _THUMB))
     except Exception:  # a broken sample still gets its cell, so the sheet shows it
         draw.rectangle((x, y, x + _THUMB - 1, y + _THUMB - 1), fill=(200, 200, 200))

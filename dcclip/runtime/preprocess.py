@@ -97,9 +97,21 @@ def center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit greyscale (PNG, TIFF) as PIL decodes it
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode (L, P, RGBA, CMYK, I;16...) to RGB, the way CLIP pipelines do it."""
-    return image if image.mode == "RGB" else image.convert("RGB")
+    """Any PIL mode (L, P, RGBA, CMYK, I;16...) to RGB, the way CLIP pipelines do it.
+
+    16-bit greyscale is scaled to 8 bits first (65535 -> 255): PIL's own conversion clips it, so every pixel above 255
+    of 65535 would turn white. Mode ``I`` is read as 16-bit data, which is what PIL gives for 16-bit PNGs and TIFFs.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in WIDE_GREY_MODES:
+        wide = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8), "L")
+    return image.convert("RGB")
 
 
 def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
