@@ -463,3 +463,20 @@ def test_16_bit_greyscale_keeps_its_tones_instead_of_turning_white(mode):
         rgb = np.asarray(to_rgb(image))
         assert rgb.shape == (64, 64, 3) and rgb.min() == 0 and rgb.max() == 255
         assert abs(float(rgb[32, 0, 0]) - ramp[32, 0] / 257) <= 1  # mid-grey stays mid-grey
+
+
+def test_degenerate_strips_are_refused_before_any_resize(classifier, tmp_path):
+    import io
+
+    from dcclip.runtime.preprocess import MAX_ASPECT_RATIO, Preprocess
+
+    buffer = io.BytesIO()
+    Image.new("L", (2_000_000, 1)).save(buffer, format="PNG", optimize=True)
+    assert len(buffer.getvalue()) < 20_000
+    for item in (buffer.getvalue(), Image.new("RGB", (int(48 * MAX_ASPECT_RATIO) + 48, 48))):
+        with pytest.raises(InvalidImageError, match=r"more than 50 times longer than wide"):
+            classifier.classify([item], ["cat", "dog"], lang="en")
+    with pytest.raises(ImageDecodeError, match="longer than wide"):
+        Preprocess(image_size=48)(Image.new("RGB", (3000, 2)))
+    panorama = Image.new("RGB", (400, 100))  # 4:1 passes
+    assert Preprocess(image_size=48)(panorama).shape == (3, 48, 48)

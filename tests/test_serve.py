@@ -187,6 +187,13 @@ def png_bomb(side: int = 20_000) -> bytes:
 GOOD_PNG = png(scene(0))
 
 
+def strip_png(width: int = 2_000_000) -> bytes:
+    """A one-pixel-high strip: a few KB of PNG whose shortest-side resize would ask for gigabytes."""
+    buffer = io.BytesIO()
+    Image.new("L", (width, 1)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
 def image_files(*items: bytes) -> list[tuple[str, tuple[str, bytes, str]]]:
     return [("images", (f"img{i}.png", data, "image/png")) for i, data in enumerate(items)]
 
@@ -360,6 +367,8 @@ BAD_REQUESTS: list[Case] = [
     ("non-UTF-8 JSON body", "/v1/embeddings/text",
      lambda: {"content": b'{"texts": ["\xff\xfe"]}', "headers": {"content-type": "application/json"}},
      400, "invalid_encoding"),
+    ("a 2,000,000 x 1 strip", "/v1/classify", lambda: {"files": image_files(strip_png()), "data": {"labels": LABELS}},
+     400, "invalid_image"),
     ("lone surrogate in JSON texts", "/v1/embeddings/text",
      lambda: {"content": b'{"texts": ["ok", "\\ud800"]}', "headers": {"content-type": "application/json"}},
      400, "invalid_text"),

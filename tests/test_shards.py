@@ -501,3 +501,14 @@ def test_manifest_is_the_shard_list(tmp_path):
     out = built_set(tmp_path)
     assert [Path(p).name for p in shard_paths(out)] == ["shard-000000.tar", "shard-000001.tar"]
     assert json.loads((out / MANIFEST_NAME).read_text())["samples"] == 6
+
+
+def test_build_refuses_a_degenerate_strip_naming_why(tmp_path):
+    src = tmp_path / "src"
+    write_image(src / "ok.png", 1)
+    Image.new("L", (200_000, 1)).save(src / "strip.png", optimize=True)
+    for name in ("ok", "strip"):
+        (src / f"{name}.txt").write_text("a caption", encoding="utf-8")
+    manifest = build_shards("folder", src, tmp_path / "out", progress=False)
+    assert set(samples_by_key(tmp_path / "out")) == {"ok"}
+    assert "longer than wide" in skipped_reasons(manifest)["strip"]

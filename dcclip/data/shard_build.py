@@ -27,7 +27,7 @@ from dcclip.data.shards import (
     progress_bar,
     safe_key,
 )
-from dcclip.runtime.preprocess import to_rgb
+from dcclip.runtime.preprocess import ImageDecodeError, check_geometry, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -185,12 +185,15 @@ def _prepare_image(path: Path | None, max_side: int | None = None) -> tuple[str,
         raise _Skip("empty image", f"image file {path} is empty (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as img:
+            check_geometry(img.width, img.height)
             img.load()
             fmt = img.format or ""
             if max_side is not None and max(img.size) > max_side:
                 return _resized(img, fmt, max_side)
             if fmt not in _FORMAT_EXT:
                 return "jpg", _encode(to_rgb(img), "JPEG")
+    except ImageDecodeError as exc:
+        raise _Skip("refused image", f"{path}: {exc}") from exc
     except Exception as exc:  # PIL raises many types for bad files (OSError, SyntaxError, ValueError, bomb errors)
         raise _Skip("unreadable image", f"{path} does not decode ({type(exc).__name__}: {exc})") from exc
     return _FORMAT_EXT[fmt], data

@@ -32,7 +32,7 @@ from dcclip.runtime.errors import (
     InvalidTextError,
     check_unicode,
 )
-from dcclip.runtime.preprocess import ImageDecodeError, Preprocess, decode_image
+from dcclip.runtime.preprocess import ImageDecodeError, Preprocess, check_geometry, decode_image
 from dcclip.runtime.tokenizer import TextTokenizer
 
 __all__ = [
@@ -227,6 +227,10 @@ class BundleModel:
     def load_image(self, item: ImageInput) -> Image.Image:
         """A PIL image from a PIL image, encoded bytes or a file path; InvalidImageError otherwise."""
         if isinstance(item, Image.Image):
+            try:
+                check_geometry(item.width, item.height, self.max_image_pixels)
+            except ImageDecodeError as exc:
+                raise InvalidImageError(str(exc)) from exc
             return item
         if isinstance(item, bytes | bytearray | memoryview):
             data = bytes(item)

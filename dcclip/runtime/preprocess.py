@@ -62,6 +62,7 @@ class Preprocess:
         """Geometric part: resize (short side or squash) and centre crop to image_size x image_size."""
         size = self.image_size
         resample = _RESAMPLE[self.interpolation]
+        check_geometry(*image.size)
         if self.resize_mode == "squash":
             return image.resize((size, size), resample)
         width, height = image.size
@@ -114,18 +115,35 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+# Longest side / shortest side beyond which an image is refused: the shortest-side resize of a 2,000,000 x 1 strip
+# would allocate gigabytes for a 6 KB file. Panoramas (4:1) and scrolls (10:1) pass.
+MAX_ASPECT_RATIO = 50.0
+
+
+def check_geometry(width: int, height: int, max_pixels: int | None = None) -> None:
+    """Refuse, from the header alone, an image whose pixels or whose resize would cost too much memory or time."""
+    if width < 1 or height < 1:
+        raise ImageDecodeError(f"image of {width}x{height} pixels has no area")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageDecodeError(f"image of {width}x{height} pixels exceeds the limit of {max_pixels}")
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise ImageDecodeError(
+            f"image of {width}x{height} pixels is more than {MAX_ASPECT_RATIO:g} times longer than wide; resizing "
+            "it to the model's input would take far more memory than the image holds"
+        )
+
+
 def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
     """Decode image bytes fully, applying the EXIF orientation; raises ImageDecodeError on anything unusable.
 
-    ``max_pixels`` refuses decompression bombs from the header alone, before any pixel is decoded.
+    ``max_pixels`` and the aspect-ratio bound refuse decompression bombs and degenerate strips from the header alone,
+    before any pixel is decoded.
     """
     if not data:
         raise ImageDecodeError("empty image data")
     try:
         with Image.open(io.BytesIO(data)) as image:
-            if max_pixels is not None and image.width * image.height > max_pixels:
-                size = f"{image.width}x{image.height}"
-                raise ImageDecodeError(f"image of {size} pixels exceeds the limit of {max_pixels}")
+            check_geometry(image.width, image.height, max_pixels)
             image.load()
             rotated = ImageOps.exif_transpose(image)
             return rotated if rotated is not None and rotated is not image else image.copy()
