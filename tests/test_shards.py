@@ -151,7 +151,8 @@ def test_exception_inside_writer_leaves_no_partial_shard(tmp_path):
             writer.add(f"k{i}", {"jpg": image_bytes(i)}, {"captions": {"en": "x"}})
         raise RuntimeError("boom")
 
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-000000.tar"]  # finished shard only, no manifest
+    # the finished shard only, no manifest, and the marker that tells readers the set is unfinished
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".build-unfinished", "shard-000000.tar"]
     assert len(list(iter_tar_samples(tmp_path / "shard-000000.tar"))) == 2
 
 
@@ -512,3 +513,33 @@ def test_build_refuses_a_degenerate_strip_naming_why(tmp_path):
     manifest = build_shards("folder", src, tmp_path / "out", progress=False)
     assert set(samples_by_key(tmp_path / "out")) == {"ok"}
     assert "longer than wide" in skipped_reasons(manifest)["strip"]
+
+
+def test_a_rebuild_killed_half_way_leaves_no_lying_manifest(tmp_path, monkeypatch):
+    from dcclip.data import shard_build
+    from dcclip.data.shards import BUILDING_MARKER, MANIFEST_NAME, ShardError, shard_paths
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    for i in range(12):
+        write_image(src / f"{i:02d}.png", i)
+        (src / f"{i:02d}.txt").write_text(f"caption {i}", encoding="utf-8")
+    build_shards("folder", src, out, max_count=3, progress=False)
+    assert len(shard_paths(out)) == 4
+
+    real, calls = shard_build._build_one, []
+
+    def killed_after_five(*args, **kwargs):
+        if len(calls) == 5:
+            raise KeyboardInterrupt("kill -9")
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(shard_build, "_build_one", killed_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        build_shards("folder", src, out, max_count=2, progress=False)
+    assert not (out / MANIFEST_NAME).exists() and (out / BUILDING_MARKER).exists()
+    with pytest.raises(ShardError, match="did not finish"):
+        shard_paths(out)
+    monkeypatch.undo()
+    manifest = build_shards("folder", src, out, max_count=2, progress=False)
+    assert manifest["samples"] == 12 and not (out / BUILDING_MARKER).exists()

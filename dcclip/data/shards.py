@@ -24,6 +24,7 @@ from dcclip.io import atomic_path, write_json_atomic
 T = TypeVar("T")
 
 MANIFEST_NAME = "manifest.json"
+BUILDING_MARKER = ".build-unfinished"  # present while a ShardSetWriter writes the directory
 MANIFEST_FORMAT = "dcclip-shards"
 MANIFEST_VERSION = 1
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -126,6 +127,9 @@ class ShardSetWriter:
     ``add`` takes the image bytes as they should be stored (already re-encoded if needed) and the JSON metadata;
     ``skip`` records a sample that could not be used. ``close`` writes ``manifest.json``. ``max_size_mb`` bounds the
     tar file itself (headers and padding included); a single sample bigger than that gets a shard of its own.
+    An existing manifest is removed and a marker file written before the first shard: a rebuild killed half-way
+    leaves no manifest that names the wrong samples, and readers refuse the unfinished set instead of mixing old and
+    new tars. ``close`` writes the manifest, then removes the marker.
     """
 
     def __init__(self, out_dir: Path, max_count: int = 1000, max_size_mb: float = 256.0, prefix: str = "shard"):
@@ -135,6 +139,8 @@ class ShardSetWriter:
             raise ValueError(f"max_size_mb must be > 0, got {max_size_mb}")
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / MANIFEST_NAME).unlink(missing_ok=True)
+        (self.out_dir / BUILDING_MARKER).write_text("a shard build started here and has not finished\n", "utf-8")
         self.max_count = max_count
         self.max_bytes = int(max_size_mb * 1024 * 1024)
         self.prefix = prefix
@@ -230,6 +236,7 @@ class ShardSetWriter:
             self._abort()
         manifest = build_manifest(self.shards, self.skipped, extra)
         write_json_atomic(self.out_dir / MANIFEST_NAME, manifest)
+        (self.out_dir / BUILDING_MARKER).unlink(missing_ok=True)
         self._manifest = manifest
         return manifest
 
@@ -288,6 +295,11 @@ def shard_paths(source: str | Path) -> list[str]:
     for part in str(source).split("::"):
         p = Path(part)
         if p.is_dir():
+            if (p / BUILDING_MARKER).is_file():
+                raise ShardError(
+                    f"{p}: a shard build into this directory did not finish (killed?); its tars may mix two builds. "
+                    "Run the build again"
+                )
             if (p / MANIFEST_NAME).is_file():
                 paths.extend(str(p / s["name"]) for s in read_manifest(p)["shards"])
             else:
