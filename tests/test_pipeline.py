@@ -61,6 +61,22 @@ def test_corrupt_image_is_skipped_counted_and_named(tmp_path, tokenizer):
     assert stream.skipped_samples == 1 and skipped_keys == ["s00007"]
 
 
+def test_an_unreadable_shard_is_counted_even_with_no_batch_after_it(tmp_path, tokenizer):
+    from dcclip.engine.loop import forever
+
+    shards = write_shard_set(tmp_path / "set", n=6, per_shard=6)
+    (shards / "zz-not-a-tar.tar").write_bytes(b"this is not a tar archive" * 40)
+    (shards / "manifest.json").unlink()  # read every tar of the directory, the garbage one last
+    stream = loader(tokenizer, shards, resampled=False, batch_size=6)
+    assert sum(len(batch["keys"]) for batch in stream) == 6
+    assert stream.skipped_samples == 1
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "x.tar").write_bytes(b"garbage" * 100)
+    with pytest.raises(RuntimeError, match=r"no batch in a whole epoch \(1 samples or unreadable shards skipped"):
+        next(forever(loader(tokenizer, alone, resampled=False)))
+
+
 def test_caption_sampling_frequencies():
     langs = ["en", "zh", "fr", "ar"]
     captions = {lang: lang for lang in langs}

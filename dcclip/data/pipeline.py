@@ -100,6 +100,9 @@ def merged_samples(pairs: Iterator[tuple[str, str | None]], stats: SkipStats) ->
             stats.record(url, f"shard unreadable: {exc}")
 
 
+SKIPS_ONLY = "skips_only"  # a stream record that only reports skipped samples, not a batch
+
+
 @dataclass
 class SkipStats:
     """Samples dropped in this process since the last batch left it; reported with the next batch."""
@@ -275,6 +278,9 @@ class EpochStream:
             batch = self.builder(raw_batch, rng, stats)
             if batch is not None:
                 yield batch
+        if stats.count:  # skips after the last batch (a trailing unreadable shard) are reported too
+            n_skipped, skipped_keys = stats.take()
+            yield {SKIPS_ONLY: True, "n_skipped": n_skipped, "skipped_keys": skipped_keys}
 
 
 class _IterableAdapter:
@@ -398,8 +404,10 @@ class ShardLoader(EpochPosition):
             batch = next(batches, None)
             if batch is None:
                 break
-            self.batch_in_epoch += 1
             self.skipped_samples += batch["n_skipped"]
+            if batch.get(SKIPS_ONLY):
+                continue
+            self.batch_in_epoch += 1
             yield batch
         self.next_epoch()
 

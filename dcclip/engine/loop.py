@@ -60,7 +60,11 @@ def forever(loader: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
             produced = True
             yield batch
         if not produced:
-            raise RuntimeError("the data stream produced no batch in a whole epoch (all samples skipped?)")
+            skipped = getattr(loader, "skipped_samples", 0)
+            raise RuntimeError(
+                f"the data stream produced no batch in a whole epoch ({skipped} samples or unreadable shards skipped "
+                "so far; the warnings above name them)"
+            )
 
 
 def to_device(batch: dict[str, Any], device: torch.device, channels_last: bool) -> dict[str, Any]:
