@@ -2,11 +2,13 @@
 renamed into place, so a reader (or a run killed half-way) never sees half a file as the real one.
 
 Temporary names are ``.NAME.TAG-PID`` beside ``NAME``: hidden, tied to the writing process and easy to recognise.
-Pure standard library, on the ground floor: the runtime uses it too.
+A writer killed with SIGKILL cannot remove its temporary, so every write first removes the temporaries of the same
+final name whose process is gone (on this machine). Pure standard library, on the ground floor: the runtime uses it.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -21,6 +23,32 @@ def temp_name(path: Path, tag: str = "tmp") -> Path:
     return path.with_name(f".{path.name}.{tag}-{os.getpid()}")
 
 
+TEMP_TAGS = ("tmp", "partial", "old")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Remove the temporaries of ``path`` (``.NAME.TAG-PID``) left by processes that no longer run; returns them."""
+    path = Path(path)
+    stale = []
+    for tag in TEMP_TAGS:
+        for candidate in path.parent.glob(f".{glob.escape(path.name)}.{tag}-*"):
+            pid = candidate.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                _remove(candidate)
+                stale.append(candidate)
+    return stale
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -33,6 +61,7 @@ def atomic_path(path: str | os.PathLike[str], tag: str = "tmp", fsync: bool = Fa
     """Yield a temporary file path beside ``path``; on success it replaces ``path``, on error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
     tmp = temp_name(path, tag)
     try:
         yield tmp
@@ -69,6 +98,7 @@ def atomic_dir(path: str | os.PathLike[str], tag: str = "tmp") -> Iterator[Path]
     ``replace_dir``), on error the staging directory is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
     staging = temp_name(path, tag)
     _remove(staging)
     staging.mkdir()

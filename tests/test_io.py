@@ -64,3 +64,23 @@ def test_replace_dir_puts_the_old_directory_back_when_the_rename_fails(tmp_path,
     with pytest.raises(OSError, match="disk full"):
         io.replace_dir(staging, out)
     assert sorted(p.name for p in out.iterdir()) == ["old"]
+
+
+def test_temporaries_of_killed_writers_are_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "step-00000004"
+    dead = tmp_path / ".step-00000004.tmp-999999"  # no such process
+    dead.mkdir()
+    (dead / "model.safetensors").write_bytes(b"half")
+    partial = tmp_path / ".step-00000004.partial-999998"
+    partial.write_bytes(b"half")
+    alive = tmp_path / ".step-00000004.tmp-1"  # init: a live writer elsewhere keeps its temporary
+    alive.mkdir()
+    other = tmp_path / ".step-00000008.tmp-999999"  # another final name: not this write's business
+    other.mkdir()
+    with io.atomic_dir(target) as staging:
+        (staging / "x").write_text("1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".step-00000004.tmp-1",
+        ".step-00000008.tmp-999999",
+        "step-00000004",
+    ]
