@@ -543,3 +543,29 @@ def test_a_rebuild_killed_half_way_leaves_no_lying_manifest(tmp_path, monkeypatc
     monkeypatch.undo()
     manifest = build_shards("folder", src, out, max_count=2, progress=False)
     assert manifest["samples"] == 12 and not (out / BUILDING_MARKER).exists()
+
+
+def test_every_folder_file_is_used_or_listed_with_its_reason(tmp_path):
+    src = tmp_path / "src"
+    write_image(src / "a.png", 1)
+    Image.new("RGB", (20, 20), "red").save(src / "b.gif")
+    Image.new("RGB", (20, 20), "blue").save(src / "c.bmp")
+    (src / "d.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    (src / "orphan.txt").write_text("a caption with no image")
+    (src / ".DS_Store").write_bytes(b"\0")
+    for name in ("a", "b", "c", "d"):
+        (src / f"{name}.txt").write_text(f"caption {name}", encoding="utf-8")
+    manifest = build_shards("folder", src, tmp_path / "out", progress=False)
+    samples = samples_by_key(tmp_path / "out")
+    assert set(samples) == {"a", "b", "c"} and "jpg" in samples["b"] and "jpg" in samples["c"]
+    reasons = skipped_reasons(manifest)
+    assert reasons["d_svg"].startswith("not an image") and ".svg" in reasons["d_svg"]
+    assert reasons["d_txt"].startswith("no image") and reasons["orphan_txt"].startswith("no image")
+    assert set(reasons) == {"d_svg", "d_txt", "orphan_txt"}  # hidden files are not inputs
+
+
+def test_a_csv_row_naming_an_svg_is_refused_like_a_folder_file(tmp_path):
+    (tmp_path / "x.svg").write_text("<svg/>")
+    (tmp_path / "pairs.csv").write_text("image,en\nx.svg,a drawing\n", encoding="utf-8")
+    manifest = build_shards("csv", tmp_path / "pairs.csv", tmp_path / "out", progress=False)
+    assert manifest["samples"] == 0 and next(iter(skipped_reasons(manifest).values())).startswith("not an image")

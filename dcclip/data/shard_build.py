@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import logging
 import re
@@ -20,7 +21,6 @@ from typing import Any, TypeVar
 from PIL import Image, ImageOps
 
 from dcclip.data.shards import (
-    IMAGE_EXTENSIONS,
     MANIFEST_NAME,
     ShardError,
     ShardSetWriter,
@@ -30,6 +30,10 @@ from dcclip.data.shards import (
 from dcclip.runtime.preprocess import ImageDecodeError, check_geometry, to_rgb
 
 log = logging.getLogger(__name__)
+
+# Image files every source accepts (GIF, BMP and TIFF are re-encoded as JPEG), and a folder's caption files.
+SOURCE_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
+CAPTION_EXTENSIONS = ("json", "txt")
 
 SOURCE_KINDS = ("folder", "csv", "jsonl")
 # Stored image formats and their field names; anything else PIL can decode is re-encoded as JPEG.
@@ -118,8 +122,12 @@ def _read_source(
     """Number of candidates (for the progress bar) and the candidates of a source, read lazily where possible."""
     wanted = tuple(langs) if langs else None
     if kind == "folder":
-        images = _folder_images(src)
-        return len(images), (_folder_candidate(src, image, source_lang, wanted) for image in images)
+        images, others = _folder_files(src)
+        candidates = itertools.chain(
+            (_folder_candidate(src, image, source_lang, wanted) for image in images),
+            (_unused_file(src, path) for path in others),
+        )
+        return len(images) + len(others), candidates
     if kind == "csv":
         header, rows = _csv_rows(src, image_column, wanted)
         if wanted is None:
@@ -177,6 +185,7 @@ def _prepare_image(path: Path | None, max_side: int | None = None) -> tuple[str,
     """
     if path is None or not path.is_file():
         raise _Skip("missing image", f"image file {path} not found")
+    _check_image_format(path)
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -238,9 +247,36 @@ def _warn_stale_shards(out_dir: Path, manifest: dict) -> None:
 # ------------------------------------------------------------------------------------------------- folder sources
 
 
-def _folder_images(src: Path) -> list[Path]:
-    """Every image file under ``src``, recursively, in sorted order."""
-    return sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS)
+def _suffix(path: Path) -> str:
+    return path.suffix.lower().lstrip(".")
+
+
+def _folder_files(src: Path) -> tuple[list[Path], list[Path]]:
+    """(image files, every other file that is not an image's caption file) under ``src``, recursively, sorted.
+
+    Hidden files and folders (``.DS_Store``, ``.git``) are not inputs. Every other file is either used or listed.
+    """
+    files = sorted(p for p in src.rglob("*") if p.is_file() and not _hidden(p.relative_to(src)))
+    images = [p for p in files if _suffix(p) in SOURCE_IMAGE_EXTENSIONS]
+    stems = {p.with_suffix("") for p in images}
+    others = [p for p in files if _suffix(p) not in SOURCE_IMAGE_EXTENSIONS
+              and not (_suffix(p) in CAPTION_EXTENSIONS and p.with_suffix("") in stems)]  # fmt: skip
+    return images, others
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def _unused_file(src: Path, path: Path) -> _Candidate:
+    """A file of a folder source that is no sample: listed in the manifest's skipped with why."""
+    key = path.relative_to(src).as_posix()
+    if _suffix(path) in CAPTION_EXTENSIONS:
+        problem = _Skip("no image", f"{path.name} has no image beside it ({', '.join(SOURCE_IMAGE_EXTENSIONS)})")
+    else:
+        problem = _Skip("not an image", f"{path.name}: .{_suffix(path) or '(none)'} is not an image format dcclip "
+                        f"reads ({', '.join(SOURCE_IMAGE_EXTENSIONS)})")  # fmt: skip
+    return _Candidate(key=key, source=str(path), problem=problem)
 
 
 def _folder_candidate(src: Path, image: Path, source_lang: str, langs: tuple[str, ...] | None) -> _Candidate:
@@ -441,6 +477,13 @@ def _table_image(base: Path, value: Any) -> Path | None:
         return None
     path = Path(value.strip())
     return path if path.is_absolute() else base / path
+
+
+def _check_image_format(path: Path) -> None:
+    """The same image formats for every source: a row naming an .svg is refused like a folder's .svg."""
+    if _suffix(path) not in SOURCE_IMAGE_EXTENSIONS:
+        raise _Skip("not an image", f"{path.name}: .{_suffix(path) or '(none)'} is not an image format dcclip reads "
+                    f"({', '.join(SOURCE_IMAGE_EXTENSIONS)})")  # fmt: skip
 
 
 def _row_captions(
