@@ -464,3 +464,13 @@ def test_hub_names_fail_fast_offline(spec, names, tmp_path, monkeypatch):
     assert spec in message and "HF_HUB_OFFLINE=1" in message
     for name in names:
         assert name in message
+
+
+def test_a_pickled_object_checkpoint_is_refused_saying_how_to_convert_it(tmp_path):
+    import argparse
+
+    model = openclip_model("test-vit", 0)
+    path = tmp_path / "with-args.pt"
+    torch.save({"state_dict": model.state_dict(), "args": argparse.Namespace(lr=1e-3)}, path)
+    with pytest.raises(TeacherLoadError, match=r"with-args\.pt holds Python objects.*weights_only.*torch\.save"):
+        load_teacher(f"openclip:{path}#test-vit")

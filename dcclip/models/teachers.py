@@ -31,6 +31,7 @@ import atexit
 import hashlib
 import importlib
 import json
+import pickle
 import shutil
 import tempfile
 import warnings
@@ -345,10 +346,25 @@ def _load_openclip(spec: TeacherSpec) -> OpenClipTeacher:
     name, kwargs = _openclip_model_args(spec)
     try:
         model = open_clip.create_model(name, device="cpu", precision="fp32", **kwargs)
+    except pickle.UnpicklingError as exc:
+        raise TeacherLoadError(_unsafe_checkpoint_message(spec, exc)) from exc
     except (RuntimeError, ValueError, FileNotFoundError, KeyError) as exc:
         raise TeacherLoadError(f"teacher {spec.raw!r}: open_clip could not build the model: {_brief(exc)}") from exc
     tokenizer = open_clip.get_tokenizer(name)
     return OpenClipTeacher(spec.raw, model, tokenizer)
+
+
+def _unsafe_checkpoint_message(spec: TeacherSpec, exc: BaseException) -> str:
+    """Why a checkpoint was refused by torch.load(weights_only=True), and how to turn it into one that loads."""
+    path = spec.pretrained or spec.model
+    return (
+        f"teacher {spec.raw!r}: {path} holds Python objects besides tensors (a pickled model, optimizer or training "
+        "arguments), so open_clip's safe loader (torch.load weights_only=True) refused it: unpickling it could run "
+        "code. If you trust the file, convert it once to plain weights and point the spec at the result, e.g. "
+        'python -c "import sys, torch; c = torch.load(sys.argv[1], weights_only=False); '
+        "torch.save(c.get('state_dict', c), sys.argv[2])\" "
+        f"{path} weights.pt (a full pickled model needs its .state_dict()). Refused: {_brief(exc, 300)}"
+    )
 
 
 def _openclip_model_args(spec: TeacherSpec) -> tuple[str, dict[str, Any]]:
