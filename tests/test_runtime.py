@@ -480,3 +480,43 @@ def test_degenerate_strips_are_refused_before_any_resize(classifier, tmp_path):
         Preprocess(image_size=48)(Image.new("RGB", (3000, 2)))
     panorama = Image.new("RGB", (400, 100))  # 4:1 passes
     assert Preprocess(image_size=48)(panorama).shape == (3, 48, 48)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"format_version": 2.0}, r"format_version 2\.0 is not supported"),
+        ({"embed_dim": "32"}, r"manifest field embed_dim is '32'"),
+        ({"text_max_length": 0}, r"manifest field text_max_length is 0"),
+        ({"logit_scale": float("nan")}, r"manifest field logit_scale"),
+        ({"languages": "en"}, r"manifest field languages is 'en'"),
+        ({"precisions": ["fp16"]}, r"manifest field precisions"),
+        ({"image_preprocess": {"image_size": "224"}}, r"image_preprocess\.image_size is '224'"),
+        ({"files": ["image.onnx"]}, r"manifest field files is 'list'"),
+        ({"files": {"image.onnx": "abc"}}, r"files\['image\.onnx'\] is 'abc'"),
+    ],
+    ids=lambda value: str(value)[:40],
+)
+def test_edited_manifest_fields_fail_at_load_naming_the_field(bundle_copy, change, message):
+    _edit_manifest(bundle_copy, **change)
+    with pytest.raises(BundleError, match=message):
+        load_bundle_model(bundle_copy)
+
+
+def test_mean_std_and_image_size_are_checked_against_the_graph(bundle_copy):
+    manifest = json.loads((bundle_copy / "manifest.json").read_text("utf-8"))
+    pre = manifest["image_preprocess"]
+    _edit_manifest(bundle_copy, image_preprocess={**pre, "std": [0.2, 0.0, 0.2]})
+    with pytest.raises(BundleError, match=r"image_preprocess\.std"):
+        load_bundle_model(bundle_copy)
+    _edit_manifest(bundle_copy, image_preprocess={**pre, "image_size": pre["image_size"] + 16})
+    with pytest.raises(BundleError, match=r"image graph takes .* image_preprocess\.image_size is"):
+        load_bundle_model(bundle_copy)
+
+
+def test_a_tokenizer_the_manifest_does_not_list_is_not_loaded(bundle_copy):
+    manifest = json.loads((bundle_copy / "manifest.json").read_text("utf-8"))
+    del manifest["files"]["tokenizer.json"]
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest), "utf-8")
+    with pytest.raises(BundleError, match=r"tokenizer\.json is not listed"):
+        load_bundle_model(bundle_copy)

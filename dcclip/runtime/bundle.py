@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,6 +57,8 @@ SUPPORTED_VERSIONS = (1, 2)
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
 PRECISIONS = ("fp32", "int8")
+RESIZE_MODES = ("shortest", "squash")
+INTERPOLATIONS = ("bicubic", "bilinear")
 IMAGE_INPUT, IMAGE_OUTPUT = "pixel_values", "image_embeds"
 TEXT_INPUTS, TEXT_OUTPUT = ("input_ids", "attention_mask"), "text_embeds"
 DEFAULT_MAX_BATCH = 32
@@ -93,7 +96,7 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise BundleError(f"{manifest_path}: format is {found!r}, expected {BUNDLE_FORMAT!r}")
     version = manifest.get("format_version")
-    if isinstance(version, bool) or version not in SUPPORTED_VERSIONS:
+    if type(version) is not int or version not in SUPPORTED_VERSIONS:
         raise BundleVersionError(
             f"{manifest_path}: bundle format_version {version!r} is not supported by this runtime "
             f"(it reads {list(SUPPORTED_VERSIONS)}); upgrade dcclip or re-export the bundle",
@@ -102,7 +105,71 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     missing = [key for key in REQUIRED_KEYS if key not in manifest]
     if missing:
         raise BundleError(f"{manifest_path}: manifest lacks {missing}")
+    check_manifest_fields(manifest, manifest_path)
     return manifest
+
+
+def _field_error(where: Path, field: str, value: Any, expected: str) -> BundleError:
+    return BundleError(f"{where}: manifest field {field} is {value!r}; expected {expected}")
+
+
+def _positive_int(value: Any, high: int) -> bool:
+    return type(value) is int and 1 <= value <= high
+
+
+def _finite(value: Any, low: float, high: float) -> bool:
+    return type(value) in (int, float) and math.isfinite(value) and low <= value <= high
+
+
+def check_manifest_fields(manifest: dict[str, Any], where: Path) -> None:
+    """Every field the runtime uses has the type and range it needs: an edited manifest fails at load, naming the
+    field, instead of starting a server that then fails or silently answers differently on every request."""
+    if not _positive_int(manifest["embed_dim"], 65536):
+        raise _field_error(where, "embed_dim", manifest["embed_dim"], "an integer in [1, 65536]")
+    if not _positive_int(manifest["text_max_length"], 4096):
+        raise _field_error(where, "text_max_length", manifest["text_max_length"], "an integer in [1, 4096]")
+    if "logit_scale" in manifest and not _finite(manifest["logit_scale"], 1e-3, 1e4):
+        raise _field_error(where, "logit_scale", manifest["logit_scale"], "a number in [0.001, 10000]")
+    if "pad_id" in manifest and (type(manifest["pad_id"]) is not int or manifest["pad_id"] < 0):
+        raise _field_error(where, "pad_id", manifest["pad_id"], "a non-negative integer")
+    languages = manifest.get("languages", [])
+    if not isinstance(languages, list) or not all(isinstance(lang, str) and lang for lang in languages):
+        raise _field_error(where, "languages", languages, "a list of language codes")
+    precisions = manifest["precisions"]
+    if not isinstance(precisions, list) or not precisions or not set(precisions) <= set(PRECISIONS):
+        raise _field_error(where, "precisions", precisions, f"a non-empty list from {list(PRECISIONS)}")
+    _check_preprocess_fields(manifest["image_preprocess"], where)
+    _check_file_entries(manifest["files"], where)
+
+
+def _check_preprocess_fields(pre: Any, where: Path) -> None:
+    if not isinstance(pre, dict):
+        raise _field_error(where, "image_preprocess", pre, "an object")
+    if not _positive_int(pre.get("image_size"), 4096) or pre["image_size"] < 8:
+        raise _field_error(where, "image_preprocess.image_size", pre.get("image_size"), "an integer in [8, 4096]")
+    for name, low in (("mean", -10.0), ("std", 1e-6)):
+        values = pre.get(name)
+        if not isinstance(values, list) or len(values) != 3 or not all(_finite(v, low, 10.0) for v in values):
+            raise _field_error(where, f"image_preprocess.{name}", values, f"3 numbers in [{low:g}, 10]")
+    if pre.get("resize_mode", "shortest") not in RESIZE_MODES:
+        raise _field_error(where, "image_preprocess.resize_mode", pre.get("resize_mode"), f"one of {RESIZE_MODES}")
+    if pre.get("interpolation", "bicubic") not in INTERPOLATIONS:
+        raise _field_error(
+            where, "image_preprocess.interpolation", pre.get("interpolation"), f"one of {INTERPOLATIONS}"
+        )
+
+
+def _check_file_entries(files: Any, where: Path) -> None:
+    if not isinstance(files, dict) or not files:
+        raise _field_error(where, "files", type(files).__name__, "an object {file name: entry}")
+    for name, entry in files.items():
+        if not isinstance(entry, dict):
+            raise _field_error(where, f"files[{name!r}]", entry, "an object with role, precision, sha256, bytes")
+        digest = entry.get("sha256")
+        if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise _field_error(where, f"files[{name!r}].sha256", digest, "64 lowercase hex digits")
+        if "bytes" in entry and (type(entry["bytes"]) is not int or entry["bytes"] < 0):
+            raise _field_error(where, f"files[{name!r}].bytes", entry["bytes"], "a non-negative integer")
 
 
 def verify_bundle(path: str | os.PathLike) -> dict[str, Any]:
@@ -185,6 +252,16 @@ class BundleModel:
         self.text_session = self._session("text", TEXT_INPUTS, TEXT_OUTPUT)
         self.tokenizer = self._tokenizer()
         self.preprocess = Preprocess.from_config(self.manifest["image_preprocess"])
+        self._check_image_input()
+
+    def _check_image_input(self) -> None:
+        """The image graph's fixed input size must be the manifest's: fail at start-up, not on every request."""
+        shape = self.image_session.get_inputs()[0].shape
+        size = self.preprocess.image_size
+        if len(shape) != 4 or shape[1] not in (3, "3") or any(isinstance(d, int) and d != size for d in shape[2:]):
+            raise BundleError(
+                f"{self.path}: the image graph takes {shape}, but the manifest's image_preprocess.image_size is {size}"
+            )
 
     def _session(self, role: str, inputs: tuple[str, ...], output: str) -> ort.InferenceSession:
         """An inference session for one tower, after checking its input and output names."""
@@ -197,7 +274,11 @@ class BundleModel:
         return session
 
     def _tokenizer(self) -> TextTokenizer:
-        """The bundle's tokenizer, whose pad id must be the one the manifest records."""
+        """The bundle's tokenizer (a file the manifest lists), whose pad id must be the one the manifest records."""
+        if TOKENIZER_FILE not in self.manifest["files"]:
+            raise BundleError(
+                f"{self.path}: {TOKENIZER_FILE} is not listed in the manifest's files (nothing vouches for it)"
+            )
         tokenizer = TextTokenizer.from_path(self.path / TOKENIZER_FILE)
         expected = self.manifest.get("pad_id")
         if expected is not None and tokenizer.pad_id != expected:
