@@ -53,6 +53,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "too_many_texts": (413, "more than max_texts texts"),
     "too_many_fields": (413, "more form fields than labels and templates can need"),
     "text_too_long": (413, "a text, label or template longer than max_text_chars characters"),
+    "too_many_prompt_chars": (413, "labels x templates making more than max_prompt_chars characters of prompts"),
     "field_too_large": (413, "a form field larger than max_field_bytes"),
     "unsupported_media_type": (415, "a Content-Type the endpoint does not read, or an upload that is not an image"),
     "validation_error": (422, "a request that does not match the endpoint's schema"),

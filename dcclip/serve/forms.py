@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
+from dcclip.runtime.classifier import default_templates
+from dcclip.runtime.prompts import PLACEHOLDER
 from dcclip.serve.errors import ApiError
 from dcclip.serve.limits import ServeLimits
 
@@ -262,6 +264,20 @@ async def parse_classify(form: FormData, limits: ServeLimits) -> ClassifyQuery:
     labels = parse_labels(text_values(form, "labels"), limits)
     templates = parse_templates(text_values(form, "templates"), limits)
     lang = parse_lang(text_values(form, "lang"))
+    check_prompt_budget(labels, templates if templates is not None else default_templates(lang), limits)
     top_k = parse_top_k(text_values(form, "top_k"))
     images = await read_images(form, limits)
     return ClassifyQuery(images, labels, lang, top_k, templates)
+
+
+def check_prompt_budget(labels: list[str], templates: Sequence[str], limits: ServeLimits) -> None:
+    """The prompts a request makes (every label in every template) stay within max_prompt_chars characters."""
+    label_chars = sum(len(label) for label in labels)
+    template_chars = sum(len(template) - len(PLACEHOLDER) for template in templates)
+    total = len(templates) * label_chars + len(labels) * template_chars
+    if total > limits.max_prompt_chars:
+        raise ApiError(
+            "too_many_prompt_chars",
+            f"{len(labels)} labels x {len(templates)} templates make {total} characters of prompts, over "
+            f"max_prompt_chars={limits.max_prompt_chars}; send fewer or shorter labels or templates",
+        )

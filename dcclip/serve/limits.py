@@ -39,6 +39,9 @@ class ServeLimits:
     max_templates: int = 32
     max_texts: int = 128
     max_text_chars: int = 1000
+    # characters of all the prompts one classify request makes (each label in each template): bounds the tokenizer
+    # and text-tower work of a request whatever mix of many labels, long labels and many templates it uses
+    max_prompt_chars: int = 200_000
     max_field_bytes: int = 1 * MB
     max_concurrent_inference: int = field(default_factory=default_concurrency)
 
