@@ -201,6 +201,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         precision=args.precision,
         threads=args.threads,
+        read_timeout=args.read_timeout,
+        max_connections=args.max_connections,
     )
     return 0
 
@@ -376,6 +378,10 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
     s.add_argument("--threads", type=int, default=None, help="onnxruntime threads per worker (1 is best under load)")
+    s.add_argument(
+        "--read-timeout", type=float, default=15.0, help="seconds a client may stall mid-request before it is closed"
+    )
+    s.add_argument("--max-connections", type=int, default=512, help="open connections before the server answers 503")
     s.set_defaults(func=_cmd_serve)
 
 

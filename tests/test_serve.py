@@ -592,3 +592,60 @@ def test_limits_are_checked_and_travel_through_the_environment(bundle):
     )
     with pytest.raises(RuntimeError, match="DCCLIP_SERVE_BUNDLE"):
         ServeSettings.from_env({})
+
+
+def test_stalled_clients_are_disconnected_and_the_server_keeps_answering(bundle, tmp_path):
+    port = free_port()
+    command = [sys.executable, "-m", "dcclip", "serve", "--bundle", str(bundle), "--port", str(port)]
+    command += ["--read-timeout", "1", "--threads", "1"]
+    with open(tmp_path / "server.log", "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/healthz"
+    try:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+            try:
+                if httpx.get(url, timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        half_header = b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+        half_body = b"POST /v1/embeddings/text HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b'{"te'
+        stalled = []
+        for payload in (half_header, half_body) * 5:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(payload)
+            stalled.append(sock)
+        assert httpx.get(url, timeout=5.0).status_code == 200  # stalled clients do not block others
+        start = time.monotonic()
+        for sock in stalled:
+            assert sock.recv(1) == b"", "the server closes a connection whose client stalls"
+            sock.close()
+        assert time.monotonic() - start < 8
+        assert httpx.get(url, timeout=5.0).status_code == 200
+        assert "nothing received for 1 s" in (tmp_path / "server.log").read_text()
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_repeated_accept_errors_are_logged_once_per_interval(caplog):
+    import logging
+
+    from dcclip.serve.protocol import RepeatFilter
+
+    logger = logging.getLogger("dcclip.test.accept")
+    repeat = RepeatFilter(interval=60.0)
+    logger.addFilter(repeat)
+    try:
+        with caplog.at_level(logging.ERROR, logger="dcclip.test.accept"):
+            for _ in range(500):
+                logger.error("socket.accept() out of system resource")
+        assert len(caplog.records) == 1
+        repeat._last = {k: (v[0] - 61.0, v[1]) for k, v in repeat._last.items()}  # the interval has passed
+        with caplog.at_level(logging.ERROR, logger="dcclip.test.accept"):
+            logger.error("socket.accept() out of system resource")
+        assert "499 more like this" in caplog.records[-1].getMessage()
+    finally:
+        logger.removeFilter(repeat)

@@ -12,6 +12,9 @@ from dcclip.serve.limits import ServeLimits, ServeSettings
 __all__ = ["FACTORY", "serve"]
 
 FACTORY = "dcclip.serve.app:app_from_env"
+READ_TIMEOUT_S = 15.0  # a client silent this long while the server waits on its request is disconnected
+KEEP_ALIVE_S = 5  # idle keep-alive connections close after this (uvicorn's timeout_keep_alive)
+MAX_CONNECTIONS = 512  # open connections / requests in flight before 503s (uvicorn's limit_concurrency)
 log = logging.getLogger("dcclip.serve")
 
 
@@ -23,9 +26,27 @@ def serve(
     limits: ServeLimits | None = None,
     precision: str = "fp32",
     threads: int | None = None,
+    read_timeout: float = READ_TIMEOUT_S,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> None:
-    """Serve ``bundle`` over HTTP until interrupted; the bundle is verified before any worker starts."""
+    """Serve ``bundle`` over HTTP until interrupted; the bundle is verified before any worker starts.
+
+    Connections: a client that sends nothing for ``read_timeout`` seconds while the server waits on it is closed,
+    idle keep-alive connections after ``KEEP_ALIVE_S``; beyond ``max_connections`` open connections (or requests in
+    flight) the server answers 503 at once instead of running out of file descriptors.
+    """
     import uvicorn
+
+    from dcclip.serve.protocol import install_repeat_filter, protocol_with_timeout
+
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
+        raise ValueError(f"max_connections must be a positive int, got {max_connections!r}")
+    connection_options = {
+        "http": protocol_with_timeout(read_timeout),
+        "timeout_keep_alive": KEEP_ALIVE_S,
+        "limit_concurrency": max_connections,
+    }
+    install_repeat_filter()
 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
@@ -35,9 +56,9 @@ def serve(
         from dcclip.serve.app import create_app
 
         app = create_app(settings.bundle, settings.limits, precision, threads)
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        uvicorn.run(app, host=host, port=port, log_level="info", **connection_options)
         return
     # Worker processes need an import string: they rebuild the app from the settings exported here.
     os.environ.update(settings.to_env())
     log.info("starting %d workers on %s:%d", workers, host, port)
-    uvicorn.run(FACTORY, factory=True, host=host, port=port, workers=workers, log_level="info")
+    uvicorn.run(FACTORY, factory=True, host=host, port=port, workers=workers, log_level="info", **connection_options)
