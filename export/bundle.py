@@ -36,6 +36,7 @@ from dcclip.runtime.bundle import (
     TEXT_INPUTS,
     TEXT_OUTPUT,
     TOKENIZER_FILE,
+    seal_manifest,
     sha256_file,
 )
 
@@ -140,6 +141,7 @@ def _build(
     manifest = _manifest(loaded, staging, precisions, records, quantization, parity, max_len)
     manifest["files"] = _mark_shipped(manifest["files"], quantization)
     manifest["validation_inputs"] = {"images": inputs.image_source, "captions": "shards" if captions else "built-in"}
+    manifest = seal_manifest(manifest)
     write_json_atomic(staging / MANIFEST_FILE, manifest)
     return manifest
 

@@ -62,7 +62,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def test_manifest_describes_the_bundle(tiny):
     bundle, loaded, manifest, _ = tiny
-    assert manifest["format"] == "dcclip-bundle" and manifest["format_version"] == 2
+    assert manifest["format"] == "dcclip-bundle" and manifest["format_version"] == 3
     assert manifest["precisions"] == ["fp32", "int8"]
     assert manifest["embed_dim"] == 32
     assert manifest["logit_scale"] == pytest.approx(min(math.exp(loaded.model.logit_scale.item()), 100.0), rel=1e-6)

@@ -18,7 +18,7 @@ from dcclip.export.bundle import export_bundle, fallback_reasons
 from dcclip.export.quantize import TowerQuantizer, calibration_images, count_ops, float_nodes, output_tail
 from dcclip.export.validate import AgreementProbe, OnnxEncoder, prepare_inputs, tower_agreement
 from dcclip.models.students import load_student_checkpoint
-from dcclip.runtime.bundle import load_bundle_model, sha256_file, shipped_precision, verify_bundle
+from dcclip.runtime.bundle import load_bundle_model, seal_manifest, sha256_file, shipped_precision, verify_bundle
 from dcclip.runtime.classifier import ZeroShotClassifier
 from dcclip.runtime.errors import BundleError
 from dcclip.runtime.preprocess import decode_image
@@ -144,7 +144,7 @@ def test_towers_below_the_bar_ship_fp32_and_say_so(tiny, eval_set, tmp_path, mon
     assert main([*argv, "--eval-set", str(eval_set)]) == 0
     printed = json.loads(capsys.readouterr().out)
     manifest = verify_bundle(out)
-    assert manifest["format_version"] == 2
+    assert manifest["format_version"] == 3
     for role in ("image", "text"):
         decision = manifest["quantization"][role]
         assert decision["requested"] == "int8" and decision["shipped"] == "fp32"
@@ -211,7 +211,7 @@ def test_one_tower_below_the_bar_ships_fp32_the_other_int8(tiny, tmp_path, monke
 def _rewrite_manifest(bundle: Path, edit) -> None:
     manifest = json.loads((bundle / "manifest.json").read_text("utf-8"))
     edit(manifest)
-    (bundle / "manifest.json").write_text(json.dumps(manifest), "utf-8")
+    (bundle / "manifest.json").write_text(json.dumps(seal_manifest(manifest)), "utf-8")
 
 
 def test_version_1_bundles_still_load(tiny, tmp_path):

@@ -35,6 +35,7 @@ from dcclip.runtime import (
     read_manifest,
     verify_bundle,
 )
+from dcclip.runtime.bundle import manifest_digest, seal_manifest
 from dcclip.runtime.classifier import DEFAULT_TEMPLATES, softmax
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,9 +112,10 @@ def test_missing_or_resized_file_is_refused(bundle_copy):
 
 
 def _edit_manifest(bundle: Path, **changes) -> None:
+    """Change manifest fields and re-seal it, as a deliberate (test) edit: the field checks are what is tested."""
     manifest = json.loads((bundle / "manifest.json").read_text("utf-8"))
     manifest.update(changes)
-    (bundle / "manifest.json").write_text(json.dumps(manifest), "utf-8")
+    (bundle / "manifest.json").write_text(json.dumps(seal_manifest(manifest)), "utf-8")
 
 
 def test_unknown_format_version_is_refused_naming_it(bundle_copy):
@@ -134,7 +136,7 @@ def test_not_a_bundle(bundle_copy, tmp_path):
 def test_manifest_cannot_point_outside_the_bundle(bundle_copy):
     manifest = json.loads((bundle_copy / "manifest.json").read_text("utf-8"))
     manifest["files"]["../escape.onnx"] = manifest["files"].pop("text.onnx")
-    (bundle_copy / "manifest.json").write_text(json.dumps(manifest), "utf-8")
+    (bundle_copy / "manifest.json").write_text(json.dumps(seal_manifest(manifest)), "utf-8")
     with pytest.raises(BundleIntegrityError, match="not a file name inside the bundle"):
         verify_bundle(bundle_copy)
 
@@ -517,6 +519,19 @@ def test_mean_std_and_image_size_are_checked_against_the_graph(bundle_copy):
 def test_a_tokenizer_the_manifest_does_not_list_is_not_loaded(bundle_copy):
     manifest = json.loads((bundle_copy / "manifest.json").read_text("utf-8"))
     del manifest["files"]["tokenizer.json"]
-    (bundle_copy / "manifest.json").write_text(json.dumps(manifest), "utf-8")
+    (bundle_copy / "manifest.json").write_text(json.dumps(seal_manifest(manifest)), "utf-8")
     with pytest.raises(BundleError, match=r"tokenizer\.json is not listed"):
         load_bundle_model(bundle_copy)
+
+
+def test_an_edited_manifest_is_detected_by_its_seal(bundle_copy):
+    manifest = json.loads((bundle_copy / "manifest.json").read_text("utf-8"))
+    assert manifest["format_version"] == 3 and manifest["manifest_sha256"] == manifest_digest(manifest)
+    manifest["logit_scale"] = manifest["logit_scale"] * 2  # valid, but not what was exported
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest, indent=4), "utf-8")
+    with pytest.raises(BundleIntegrityError, match=r"does not match its manifest_sha256 .edited after export"):
+        load_bundle_model(bundle_copy)
+    (bundle_copy / "manifest.json").write_text(json.dumps(seal_manifest(manifest)), "utf-8")
+    assert (
+        load_bundle_model(bundle_copy).logit_scale == manifest["logit_scale"]
+    )  # whitespace and key order do not count

@@ -52,8 +52,9 @@ __all__ = [
 ]
 
 BUNDLE_FORMAT = "dcclip-bundle"
-FORMAT_VERSION = 2
-SUPPORTED_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # 3: manifest_sha256 seals the manifest's own fields
+SUPPORTED_VERSIONS = (1, 2, 3)
+MANIFEST_DIGEST_KEY = "manifest_sha256"
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
 PRECISIONS = ("fp32", "int8")
@@ -105,8 +106,32 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     missing = [key for key in REQUIRED_KEYS if key not in manifest]
     if missing:
         raise BundleError(f"{manifest_path}: manifest lacks {missing}")
+    if version >= 3:
+        _check_seal(manifest, manifest_path)
     check_manifest_fields(manifest, manifest_path)
     return manifest
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, no spaces), its own digest field left out."""
+    content = {key: value for key, value in manifest.items() if key != MANIFEST_DIGEST_KEY}
+    text = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def seal_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with ``manifest_sha256`` set: any later edit of a field is detected at load."""
+    return {**manifest, MANIFEST_DIGEST_KEY: manifest_digest(manifest)}
+
+
+def _check_seal(manifest: dict[str, Any], where: Path) -> None:
+    recorded, actual = manifest.get(MANIFEST_DIGEST_KEY), manifest_digest(manifest)
+    if recorded != actual:
+        raise BundleIntegrityError(
+            f"{where}: the manifest's content does not match its {MANIFEST_DIGEST_KEY} (edited after export?); "
+            "re-export the bundle rather than editing its manifest",
+            MANIFEST_FILE,
+        )
 
 
 def _field_error(where: Path, field: str, value: Any, expected: str) -> BundleError:
