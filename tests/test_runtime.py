@@ -445,6 +445,9 @@ def test_cli_gives_one_line_errors_for_undecodable_labels_and_broken_bundles(bun
     assert main([*argv, "--labels", "cat,dog"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "manifest.json" in err and "Traceback" not in err
+    assert main(["serve", "--bundle", str(bundle_copy), "--port", "1"]) == 1  # refused before any port is opened
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "manifest.json" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("mode", ["I;16", "I"])
