@@ -213,3 +213,24 @@ def test_inherit_text_from_a_local_encoder(toy_world, world_tokenizer_path, save
     weights = final_weights(tmp_path / "run")
     inherited = weights["text.transformer.encoder.layer.1.attention.self.query.weight"]
     assert torch.allclose(inherited, bert.encoder.layer[2].attention.self.query.weight, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_cache_teacher_on_two_gloo_ranks_writes_exactly_what_one_rank_writes(toy_world, saved_teacher_spec, tmp_path):
+    def cache(out: Path, ranks: int) -> None:
+        args = ["cache-teacher", "--out", str(out), f"data.train={toy_world / 'train'}", "teacher.batch_size=16"]
+        args += [f"teacher.spec={saved_teacher_spec}", "train.device=cpu"]
+        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks > 1 else []
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run([sys.executable, *launcher, "-m", "dcclip", *args], capture_output=True, text=True,
+                              timeout=300, env=env)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    cache(tmp_path / "one", 1)
+    cache(tmp_path / "two", 2)
+    one = {p.name: p.read_bytes() for p in sorted((tmp_path / "one").glob("*.tar"))}
+    two = {p.name: p.read_bytes() for p in sorted((tmp_path / "two").glob("*.tar"))}
+    assert len(one) == len(list((toy_world / "train").glob("*.tar"))) > 1
+    assert one == two, "every feature shard is byte-identical whichever rank wrote it"
+    info_one, info_two = (json.loads((tmp_path / d / "teacher.json").read_text()) for d in ("one", "two"))
+    assert info_one["fingerprint"] == info_two["fingerprint"]
