@@ -80,20 +80,20 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, 
     }
 
 
-def attribute_accuracy(logits: np.ndarray, labels: np.ndarray, values: Sequence[str]) -> float:
-    """Share of rows whose top-1 class has the same attribute value as the true class (e.g. the right colour)."""
+def attribute_hits(logits: np.ndarray, labels: np.ndarray, values: Sequence[str]) -> np.ndarray:
+    """Per row: whether its top-1 class has the same attribute value as the true class (e.g. the right colour)."""
     table = np.asarray(values, dtype=object)
     predicted = np.asarray(logits).argmax(axis=1)
-    return float(np.mean(table[predicted] == table[np.asarray(labels, dtype=np.int64)]))
+    return table[predicted] == table[np.asarray(labels, dtype=np.int64)]
 
 
 def attribute_metrics(logits: np.ndarray, labels: np.ndarray, attributes: dict[str, list[str]]) -> dict[str, Any]:
     """``top1_<attribute>`` with its 95% Wilson interval for every class attribute of the set."""
     out: dict[str, Any] = {}
     for name, values in attributes.items():
-        rate = attribute_accuracy(logits, labels, values)
-        out[f"top1_{name}"] = rate
-        out[stats.ci_key(f"top1_{name}")] = list(stats.wilson_interval(round(rate * len(labels)), len(labels)))
+        hits = attribute_hits(logits, labels, values)
+        out[f"top1_{name}"] = float(hits.mean())
+        out[stats.ci_key(f"top1_{name}")] = list(stats.wilson_interval(int(hits.sum()), len(hits)))
     return out
 
 

@@ -33,7 +33,14 @@ from dcclip.runtime.errors import (
     InvalidTextError,
     check_unicode,
 )
-from dcclip.runtime.preprocess import ImageDecodeError, Preprocess, check_geometry, decode_image
+from dcclip.runtime.preprocess import (
+    INTERPOLATIONS,
+    RESIZE_MODES,
+    ImageDecodeError,
+    Preprocess,
+    check_geometry,
+    decode_image,
+)
 from dcclip.runtime.tokenizer import TextTokenizer
 
 __all__ = [
@@ -58,8 +65,6 @@ MANIFEST_DIGEST_KEY = "manifest_sha256"
 MANIFEST_FILE = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
 PRECISIONS = ("fp32", "int8")
-RESIZE_MODES = ("shortest", "squash")
-INTERPOLATIONS = ("bicubic", "bilinear")
 IMAGE_INPUT, IMAGE_OUTPUT = "pixel_values", "image_embeds"
 TEXT_INPUTS, TEXT_OUTPUT = ("input_ids", "attention_mask"), "text_embeds"
 DEFAULT_MAX_BATCH = 32

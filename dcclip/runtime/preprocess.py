@@ -16,6 +16,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+INTERPOLATIONS = tuple(_RESAMPLE)
+RESIZE_MODES = ("shortest", "squash")  # shortest side then centre crop, or both sides to the input size
 
 
 class ImageDecodeError(ValueError):
