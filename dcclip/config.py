@@ -42,6 +42,10 @@ class DataConfig:
     # Geometric augmentation applied identically to the student's and the teacher's view (see dcclip.data.augment);
     # needs the teacher online, since cached features describe the unaugmented image.
     augment: Literal["none", "flip", "geometric"] = "none"
+    # Shards with one caption per sample in KEY.txt (img2dataset, most public WebDatasets): the caption's language,
+    # or the KEY.json field that names it per sample (laion2B-multi: LANGUAGE); see dcclip.data.langcodes.
+    caption_lang: str = ""
+    lang_field: str = ""
 
     def validate(self, path: str) -> None:
         _require(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")

@@ -15,7 +15,7 @@ from dcclip import checkpoint as ckpt
 from dcclip.config import DataConfig, RunConfig, save_config, to_dict
 from dcclip.data.features import check_fingerprint, feature_fields, find_cached_features
 from dcclip.data.memory import MemoryLoader, decode_shard_set
-from dcclip.data.pipeline import ShardLoader
+from dcclip.data.pipeline import ShardLoader, caption_format
 from dcclip.engine.distributed import DistEnv
 from dcclip.engine.loop import FitSpec
 from dcclip.engine.tasks import StudentTask
@@ -157,7 +157,7 @@ def build_loader(
         if side.fields:
             raise ValueError("data.in_memory reads images only; cached teacher features need the streaming reader")
         views = [pre] + ([teacher_pre] if teacher_pre is not None else [])
-        decoded = decode_shard_set(data.train, views, progress=env.is_main)
+        decoded = decode_shard_set(data.train, views, progress=env.is_main, fmt=caption_format(data))
         log.info("decoded %d samples into memory (%d skipped)", len(decoded), len(decoded.skipped))
         return MemoryLoader(data, decoded, pre, tokenizer, env.rank, env.world_size, seed, teacher_pre)
     return ShardLoader(

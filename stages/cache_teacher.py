@@ -8,6 +8,7 @@ a restarted run only does the rest. ``teacher.json`` records the teacher and its
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +17,11 @@ from typing import Any
 import torch
 
 from dcclip.config import RunConfig
-from dcclip.data.features import IMG_EMB, IMG_FMAP, TXT_EMB, npy_bytes, write_teacher_json
+from dcclip.data.features import IMG_EMB, IMG_FMAP, TEACHER_JSON, TXT_EMB, npy_bytes, teacher_json
+from dcclip.data.pipeline import caption_format
 from dcclip.data.shards import (
     MANIFEST_NAME,
+    CaptionFormat,
     ShardError,
     ShardInfo,
     build_manifest,
@@ -28,6 +31,7 @@ from dcclip.data.shards import (
     shard_paths,
     write_shard,
 )
+from dcclip.data.sources import describe, exists, is_local, join, local_path, shard_name, upload
 from dcclip.engine.distributed import DistEnv, all_reduce_sum_int, barrier, init_distributed, shutdown_distributed
 from dcclip.io import write_json_atomic
 from dcclip.models.teacher_spec import teacher_fingerprint
@@ -36,12 +40,14 @@ from dcclip.runtime.preprocess import ImageDecodeError
 log = logging.getLogger(__name__)
 
 
-def decoded_samples(url: str, teacher: Any, skipped: list[str]) -> Iterator[tuple[str, torch.Tensor, str]]:
+def decoded_samples(
+    url: str, teacher: Any, skipped: list[str], fmt: CaptionFormat
+) -> Iterator[tuple[str, torch.Tensor, str]]:
     """(key, teacher pixels, source caption) of one shard; undecodable samples are skipped and named."""
     for sample in iter_tar_samples(url):
         key = sample["__key__"]
         try:
-            meta, image = decode_sample(sample)
+            meta, image = decode_sample(sample, fmt)
             pixels = torch.from_numpy(teacher.preprocess(image))
             source = meta["captions"][meta.get("source_lang") or next(iter(meta["captions"]))]
         except (ShardError, ImageDecodeError, KeyError, ValueError) as exc:
@@ -52,9 +58,11 @@ def decoded_samples(url: str, teacher: Any, skipped: list[str]) -> Iterator[tupl
 
 
 @torch.no_grad()
-def feature_samples(url: str, teacher: Any, batch_size: int, with_fmap: bool, skipped: list[str], device) -> Iterator:
+def feature_samples(
+    url: str, teacher: Any, batch_size: int, with_fmap: bool, skipped: list[str], device, fmt: CaptionFormat
+) -> Iterator:
     """Encode one shard batch by batch; yields (key, {field: fp16 npy bytes}) in the shard's order."""
-    for batch in chunked(decoded_samples(url, teacher, skipped), batch_size):
+    for batch in chunked(decoded_samples(url, teacher, skipped, fmt), batch_size):
         keys, pixels, texts = zip(*batch, strict=True)
         img_emb, fmap = teacher.encode_image(torch.stack(pixels).to(device))
         txt_emb = teacher.encode_text(list(texts))
@@ -83,39 +91,53 @@ def teacher_record(cfg: RunConfig, teacher: Any, with_fmap: bool, urls: list[str
         "fmap_grid": list(teacher.fmap_grid) if with_fmap and teacher.fmap_grid else None,
         "fields": fields,
         "source": cfg.data.train,
-        "shards": [Path(u).name for u in urls],
+        "shards": [shard_name(u) for u in urls],
     }
 
 
-def cache_features(cfg: RunConfig, out_dir: Path, env: DistEnv) -> dict[str, Any]:
-    """Write feature shards for this rank's share of the data; rank 0 writes teacher.json and the manifest."""
+def cache_features(cfg: RunConfig, out: str, env: DistEnv) -> dict[str, Any]:
+    """Write feature shards for this rank's share of the data; rank 0 writes teacher.json and the manifest.
+
+    ``out`` is a local folder or an fsspec URL (shards are written locally, then uploaded whole). A data shard that
+    cannot be read (after the remote retries) is logged, counted and left for the next run to redo.
+    """
     from tqdm import tqdm
 
     from dcclip.models.teachers import load_teacher
 
     urls = shard_paths(cfg.data.train)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_unique_names(urls)
     teacher = load_teacher(cfg.teacher.spec, cfg.teacher.text_spec, device=env.device)
     with_fmap = cfg.teacher.feature_map and teacher.fmap_channels is not None
     mine = urls[env.rank :: env.world_size]
-    todo = [u for u in mine if not (out_dir / Path(u).name).is_file()]
+    todo = [u for u in mine if not exists(join(out, shard_name(u)))]
     skipped: list[str] = []
+    failed: list[str] = []
     done = 0
     started = time.perf_counter()
-    for url in tqdm(todo, desc="cache-teacher", unit="shard", disable=not env.is_main):
-        samples = feature_samples(url, teacher, cfg.teacher.batch_size, with_fmap, skipped, env.device)
-        done += write_shard(out_dir / Path(url).name, samples)
-    seconds = time.perf_counter() - started
-    done, n_skipped = all_reduce_sum_int(done, env.device), all_reduce_sum_int(len(skipped), env.device)
-    barrier()
-    if env.is_main:
-        write_feature_manifest(out_dir, urls)
-        write_teacher_json(out_dir, teacher_record(cfg, teacher, with_fmap, urls))
+    fmt = caption_format(cfg.data)
+    with OutputFolder(out) as folder:
+        for url in tqdm(todo, desc="cache-teacher", unit="shard", disable=not env.is_main):
+            samples = feature_samples(url, teacher, cfg.teacher.batch_size, with_fmap, skipped, env.device, fmt)
+            try:
+                done += folder.write_shard(shard_name(url), samples)
+            except ShardError as exc:
+                log.error("%s: shard left out, run cache-teacher again to redo it (%s)", describe(url), exc)
+                failed.append(describe(url))
+        seconds = time.perf_counter() - started
+        done, n_skipped = all_reduce_sum_int(done, env.device), all_reduce_sum_int(len(skipped), env.device)
+        n_failed = all_reduce_sum_int(len(failed), env.device)
+        barrier()
+        if env.is_main and not n_failed:
+            folder.write_json(MANIFEST_NAME, feature_manifest(out, urls))
+            folder.write_json(TEACHER_JSON, teacher_json(teacher_record(cfg, teacher, with_fmap, urls)))
     summary = {
-        "out": str(out_dir),
+        "out": str(out),
         "shards": len(urls),
-        "shards_done_now": len(todo),
+        "shards_done_now": len(todo) - len(failed),
         "shards_reused": len(mine) - len(todo),
+        "shards_failed": n_failed,
+        "failed_shards_here": failed,
         "samples_encoded": done,
         "samples_skipped": n_skipped,
         "seconds": round(seconds, 2),
@@ -125,15 +147,62 @@ def cache_features(cfg: RunConfig, out_dir: Path, env: DistEnv) -> dict[str, Any
     return summary
 
 
-def write_feature_manifest(out_dir: Path, urls: list[str]) -> None:
+def _check_unique_names(urls: list[str]) -> None:
+    """Feature shards are named after their data shards; two data shards of one name would overwrite each other."""
+    names = [shard_name(u) for u in urls]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ShardError(f"data shards share file names {duplicates[:3]}; cache each shard set on its own")
+
+
+class OutputFolder:
+    """Where cache-teacher writes: a local folder (atomic renames) or an fsspec URL (local staging, then upload)."""
+
+    def __init__(self, out: str):
+        self.out = str(out)
+        self.remote = not is_local(self.out)
+        self._staging: tempfile.TemporaryDirectory | None = None
+        self.local = local_path(self.out) if not self.remote else None
+
+    def __enter__(self) -> OutputFolder:
+        if self.remote:
+            self._staging = tempfile.TemporaryDirectory(prefix="dcclip-features-")
+            self.local = Path(self._staging.name)
+        assert self.local is not None
+        self.local.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._staging is not None:
+            self._staging.cleanup()
+
+    def write_shard(self, name: str, samples: Iterator) -> int:
+        assert self.local is not None
+        count = write_shard(self.local / name, samples)
+        self._publish(name)
+        return count
+
+    def write_json(self, name: str, content: dict[str, Any]) -> None:
+        assert self.local is not None
+        write_json_atomic(self.local / name, content)
+        self._publish(name)
+
+    def _publish(self, name: str) -> None:
+        if self.remote:
+            assert self.local is not None
+            upload(self.local / name, join(self.out, name))
+            (self.local / name).unlink()
+
+
+def feature_manifest(out: str, urls: list[str]) -> dict[str, Any]:
     """A manifest listing the feature shards in the data's order, so the reader pairs them shard by shard."""
     infos = []
     for url in urls:
-        path = out_dir / Path(url).name
+        path = join(out, shard_name(url))
         count = sum(1 for _ in iter_tar_samples(path))
-        infos.append(ShardInfo(path.name, samples=count, bytes=path.stat().st_size))
-    manifest = build_manifest(infos, [], {"kind": "teacher-features"})
-    write_json_atomic(out_dir / MANIFEST_NAME, manifest)
+        size = local_path(path).stat().st_size if is_local(path) else 0
+        infos.append(ShardInfo(shard_name(url), samples=count, bytes=size))
+    return build_manifest(infos, [], {"kind": "teacher-features"})
 
 
 def run(cfg: RunConfig, out_dir: str | Path) -> dict[str, Any]:
@@ -142,6 +211,6 @@ def run(cfg: RunConfig, out_dir: str | Path) -> dict[str, Any]:
         raise ValueError("teacher.spec is not set: nothing to cache")
     env = init_distributed(cfg.train.device)
     try:
-        return cache_features(cfg, Path(out_dir), env)
+        return cache_features(cfg, str(out_dir), env)
     finally:
         shutdown_distributed()

@@ -8,13 +8,24 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from dcclip.data.shards import ShardError
-from dcclip.io import write_json_atomic
+from dcclip.data.sources import (
+    RemoteOptions,
+    describe,
+    is_local,
+    join,
+    local_path,
+    looks_like_set_directory,
+    read_bytes,
+)
+
+log = logging.getLogger(__name__)
 
 TEACHER_JSON = "teacher.json"
 IMG_EMB = "img_emb.npy"
@@ -34,31 +45,38 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_teacher_json(out_dir: Path, info: dict[str, Any]) -> Path:
-    """Record the teacher behind a feature shard set (spec, preprocessing, dims, fingerprint, fields)."""
-    path = Path(out_dir) / TEACHER_JSON
-    write_json_atomic(path, {"format": FEATURES_FORMAT, "version": 1, **info})
-    return path
+def teacher_json(info: dict[str, Any]) -> dict[str, Any]:
+    """The content of teacher.json: the teacher behind a feature shard set (spec, preprocessing, dims, fingerprint)."""
+    return {"format": FEATURES_FORMAT, "version": 1, **info}
 
 
 def read_teacher_json(feature_dir: str | Path) -> dict[str, Any] | None:
-    """The teacher.json of a feature shard set, or None when the directory has none."""
-    path = Path(feature_dir) / TEACHER_JSON
-    if not path.is_file():
-        return None
+    """The teacher.json of a feature shard set (a local folder or a URL), or None when it has none."""
+    path = join(feature_dir, TEACHER_JSON)
+    if is_local(path):
+        if not local_path(path).is_file():
+            return None
+        raw = local_path(path).read_bytes()
+    else:
+        try:
+            raw = read_bytes(path, RemoteOptions(retries=0))
+        except OSError as exc:
+            log.info("%s: no teacher.json read (%s)", describe(path), exc)
+            return None
     try:
-        info = json.loads(path.read_text("utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ShardError(f"{path}: invalid JSON ({exc})") from exc
-    if info.get("format") != FEATURES_FORMAT:
-        raise ShardError(f"{path}: not a dcclip teacher-feature file")
+        info = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ShardError(f"{describe(path)}: invalid JSON ({exc})") from exc
+    if not isinstance(info, dict) or info.get("format") != FEATURES_FORMAT:
+        raise ShardError(f"{describe(path)}: not a dcclip teacher-feature file")
     return info
 
 
 def find_cached_features(train: str, features: str) -> tuple[str, dict[str, Any]] | None:
     """Where cached features are for a run: ``data.features`` if set, else the training shards themselves."""
     for candidate in [features] if features else [train]:
-        info = read_teacher_json(candidate) if Path(candidate).is_dir() else None
+        folder = local_path(candidate).is_dir() if is_local(candidate) else looks_like_set_directory(candidate)
+        info = read_teacher_json(candidate) if folder else None
         if info is not None:
             return candidate, info
     if features:

@@ -20,7 +20,7 @@ import numpy as np
 from dcclip.config import DataConfig
 from dcclip.data.augment import augment_views
 from dcclip.data.pipeline import EpochPosition, choose_captions, language_weights
-from dcclip.data.shards import ShardError, decode_sample, iter_tar_samples, shard_paths
+from dcclip.data.shards import DCCLIP_CAPTIONS, CaptionFormat, ShardError, decode_sample, iter_tar_samples, shard_paths
 from dcclip.runtime.preprocess import ImageDecodeError, Preprocess, to_rgb
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,9 @@ def geometry(pre: Preprocess) -> tuple:
     return (pre.image_size, pre.resize_mode, pre.interpolation)
 
 
-def decode_shard_set(source: str, preprocesses: Sequence[Preprocess], progress: bool = False) -> DecodedShards:
+def decode_shard_set(
+    source: str, preprocesses: Sequence[Preprocess], progress: bool = False, fmt: CaptionFormat = DCCLIP_CAPTIONS
+) -> DecodedShards:
     """Decode every sample of ``source`` once; undecodable samples are skipped, logged and named."""
     from tqdm import tqdm
 
@@ -57,7 +59,7 @@ def decode_shard_set(source: str, preprocesses: Sequence[Preprocess], progress: 
         for sample in iter_tar_samples(url):
             key = sample["__key__"]
             try:
-                info, image = decode_sample(sample)
+                info, image = decode_sample(sample, fmt)
                 image = to_rgb(image)
                 resized = {g: np.asarray(p.resize(image), dtype=np.uint8) for g, p in geometries.items()}
             except (ShardError, ImageDecodeError, ValueError, KeyError) as exc:

@@ -19,7 +19,17 @@ import numpy as np
 
 from dcclip.config import DataConfig
 from dcclip.data.augment import augment_views
-from dcclip.data.shards import ShardError, image_field, iter_tar_samples, parse_meta, read_manifest, shard_paths
+from dcclip.data.shards import (
+    CaptionFormat,
+    ShardError,
+    image_field,
+    iter_tar_samples,
+    parse_meta,
+    read_manifest,
+    set_directories,
+    shard_paths,
+)
+from dcclip.data.sources import describe
 from dcclip.runtime.preprocess import ImageDecodeError, Preprocess, decode_image
 
 log = logging.getLogger(__name__)
@@ -97,7 +107,7 @@ def merged_samples(pairs: Iterator[tuple[str, str | None]], stats: SkipStats) ->
                     pending = next(features, None)
                 yield sample
         except (OSError, EOFError, ShardError, ValueError) as exc:  # a broken tar loses its remaining samples only
-            stats.record(url, f"shard unreadable: {exc}")
+            stats.record_shard(url, exc)
 
 
 SKIPS_ONLY = "skips_only"  # a stream record that only reports skipped samples, not a batch
@@ -109,12 +119,22 @@ class SkipStats:
 
     count: int = 0
     keys: list[str] = field(default_factory=list)
+    shards: list[str] = field(default_factory=list)  # URLs of shards that could not be read to the end
 
     def record(self, key: str, reason: str) -> None:
         self.count += 1
         if len(self.keys) < 16:
             self.keys.append(key)
         log.warning("skipping sample %s: %s", key, reason)
+
+    def record_shard(self, url: str, exc: Exception) -> None:
+        """A shard that failed (after its retries): counted as one skip, its URL kept for metrics.jsonl."""
+        self.record(describe(url), f"shard unreadable, its remaining samples skipped: {exc}")
+        self.shards.append(describe(url))
+
+    def take_shards(self) -> list[str]:
+        out, self.shards = self.shards, []
+        return out
 
     def take(self) -> tuple[int, list[str]]:
         out = (self.count, self.keys)
@@ -158,8 +178,10 @@ class BatchBuilder:
         feature_fields: Sequence[str] = (),
         teacher_preprocess: Preprocess | None = None,
         augment: str = "none",
+        caption_format: CaptionFormat | None = None,
     ):
         self.augment = augment
+        self.caption_format = caption_format or CaptionFormat()
         self.preprocess = preprocess
         self.teacher_preprocess = teacher_preprocess
         self.tokenizer = tokenizer
@@ -172,7 +194,7 @@ class BatchBuilder:
     def decode(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         """One raw sample -> pixels, chosen captions, source caption and features; raises on any defect."""
         key = sample["__key__"]
-        meta = parse_meta(sample)
+        meta = parse_meta(sample, self.caption_format)
         ext = image_field(sample)
         if ext is None:
             raise ShardError(f"sample {key}: no image field")
@@ -224,6 +246,7 @@ class BatchBuilder:
             "source_texts": [item["source"] for item in good],
             "n_skipped": n_skipped,
             "skipped_keys": skipped_keys,
+            "failed_shards": stats.take_shards(),
         }
         if self.teacher_preprocess is not None:
             batch["teacher_pixels"] = torch.from_numpy(np.stack([item["teacher_pixels"] for item in good]))
@@ -280,7 +303,12 @@ class EpochStream:
                 yield batch
         if stats.count:  # skips after the last batch (a trailing unreadable shard) are reported too
             n_skipped, skipped_keys = stats.take()
-            yield {SKIPS_ONLY: True, "n_skipped": n_skipped, "skipped_keys": skipped_keys}
+            yield {
+                SKIPS_ONLY: True,
+                "n_skipped": n_skipped,
+                "skipped_keys": skipped_keys,
+                "failed_shards": stats.take_shards(),
+            }
 
 
 class _IterableAdapter:
@@ -342,7 +370,7 @@ class ShardLoader(EpochPosition):
         if not cfg.resampled and len(self.urls) < world_size:
             raise ShardError(f"{cfg.train}: {len(self.urls)} shards cannot be split over {world_size} ranks")
         counts = _manifest_counts(cfg.train)
-        self.langs = list(cfg.langs) or sorted(counts["langs"]) or ["en"]
+        self.langs = run_languages(cfg, counts["langs"])
         self.total_samples = counts["samples"]
         weights = language_weights(self.langs, counts["langs"], cfg.caption_sampling, cfg.temperature)
         self.builder = BatchBuilder(
@@ -355,10 +383,12 @@ class ShardLoader(EpochPosition):
             feature_fields,
             teacher_preprocess,
             cfg.augment,
+            caption_format(cfg),
         )
         self.epoch = 0
         self.batch_in_epoch = 0
         self.skipped_samples = 0
+        self.pending_failed_shards: list[str] = []  # from a worker's last record; reported with the next batch
 
     @property
     def batches_per_epoch(self) -> int | None:
@@ -406,21 +436,41 @@ class ShardLoader(EpochPosition):
                 break
             self.skipped_samples += batch["n_skipped"]
             if batch.get(SKIPS_ONLY):
+                self.pending_failed_shards += batch["failed_shards"]
                 continue
+            if self.pending_failed_shards:
+                batch["failed_shards"] = self.pending_failed_shards + batch["failed_shards"]
+                self.pending_failed_shards = []
             self.batch_in_epoch += 1
             yield batch
         self.next_epoch()
 
 
+def caption_format(cfg: DataConfig) -> CaptionFormat:
+    """How the run's shards give their captions (dcclip JSON, or one .txt caption in a given language)."""
+    return CaptionFormat(caption_lang=cfg.caption_lang, lang_field=cfg.lang_field)
+
+
+def run_languages(cfg: DataConfig, manifest_langs: dict[str, int]) -> list[str]:
+    """The languages a run trains on: ``data.langs``, else the manifest's, else the single-caption language."""
+    if cfg.langs:
+        return list(cfg.langs)
+    if manifest_langs:
+        return sorted(manifest_langs)
+    if cfg.lang_field:
+        raise ShardError(
+            f"{cfg.train}: data.lang_field needs data.langs (which languages to train on) without a manifest"
+        )
+    langs = [cfg.caption_lang or "en"]
+    log.warning("%s: no manifest gives the languages; training on %s (set data.langs to choose)", cfg.train, langs)
+    return langs
+
+
 def _manifest_counts(source: str) -> dict[str, Any]:
     """Sample and per-language counts from the manifest(s) of a source; empty when there is none."""
-    from pathlib import Path
-
     samples, langs = 0, {}
-    for part in str(source).split("::"):
-        if not (Path(part) / "manifest.json").is_file():
-            continue
-        manifest = read_manifest(Path(part))
+    for part in set_directories(source):
+        manifest = read_manifest(part)
         samples += manifest["samples"]
         for lang, n in manifest["langs"].items():
             langs[lang] = langs.get(lang, 0) + n

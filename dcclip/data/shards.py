@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import tarfile
+import time
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -19,7 +21,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from dcclip.data.langcodes import normalise_lang
+from dcclip.data.sources import (
+    NoReaderError,
+    RemoteOptions,
+    close_stream,
+    describe,
+    is_local,
+    join,
+    local_path,
+    looks_like_set_directory,
+    open_stream,
+    read_bytes,
+    transport_problem,
+)
 from dcclip.io import atomic_path, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -269,50 +287,70 @@ def build_manifest(shards: list[ShardInfo], skipped: list[dict[str, str]], extra
     return manifest
 
 
-def read_manifest(shard_dir: Path) -> dict[str, Any]:
-    """Load ``manifest.json`` of a shard set, with an error naming the file when it is missing or malformed."""
-    path = Path(shard_dir) / MANIFEST_NAME
-    if not path.is_file():
+def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
+    """Load ``manifest.json`` of a shard set (a local folder or a URL), with an error naming the file."""
+    path = join(shard_dir, MANIFEST_NAME)
+    if is_local(path) and not local_path(path).is_file():
         raise ShardError(f"{path}: no manifest.json (build shards with `dcclip shards build`)")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(read_bytes(path).decode("utf-8"))
+    except OSError as exc:
+        raise ShardError(f"{describe(path)}: cannot read the shard set's manifest ({exc})") from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ShardError(f"{path}: not valid JSON ({exc})") from exc
-    if manifest.get("format") != MANIFEST_FORMAT or "shards" not in manifest:
-        raise ShardError(f"{path}: not a dcclip shard manifest")
+        raise ShardError(f"{describe(path)}: not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT or "shards" not in manifest:
+        raise ShardError(f"{describe(path)}: not a dcclip shard manifest")
     return manifest
+
+
+def set_directories(source: str | Path) -> list[str]:
+    """The parts of a shard source that are shard-set folders with a manifest (local, or remote URLs of folders)."""
+    parts = []
+    for part in str(source).split("::"):
+        local_set = is_local(part) and (local_path(part) / MANIFEST_NAME).is_file()
+        if local_set or looks_like_set_directory(part):
+            parts.append(part)
+    return parts
 
 
 def shard_paths(source: str | Path) -> list[str]:
     """Resolve a shard source to a list of tar paths/URLs.
 
     Accepts a shard-set directory (its manifest, or every ``*.tar`` when there is none), a single ``.tar`` file, or a
-    brace-expanded URL pattern such as ``data/shard-{000000..000009}.tar``. Several sources may be joined with ``::``.
+    brace-expanded pattern of paths or URLs such as ``data/shard-{000000..000009}.tar``,
+    ``https://host/shard-{000000..000099}.tar`` or ``pipe:aws s3 cp s3://bucket/shard-{000..009}.tar -``. Several
+    sources may be joined with ``::``. Remote entries are not checked here; a missing one fails when read.
     """
     import braceexpand
 
     paths: list[str] = []
     for part in str(source).split("::"):
-        p = Path(part)
-        if p.is_dir():
-            if (p / BUILDING_MARKER).is_file():
-                raise ShardError(
-                    f"{p}: a shard build into this directory did not finish (killed?); its tars may mix two builds. "
-                    "Run the build again"
-                )
-            if (p / MANIFEST_NAME).is_file():
-                paths.extend(str(p / s["name"]) for s in read_manifest(p)["shards"])
-            else:
-                paths.extend(str(t) for t in sorted(p.glob("*.tar")))
-        else:
-            expanded = list(braceexpand.braceexpand(part))
-            missing = [e for e in expanded if "://" not in e and not Path(e).exists()]
-            if missing:
-                raise ShardError(f"{missing[0]}: no such shard file or directory")
-            paths.extend(expanded)
+        if is_local(part) and local_path(part).is_dir():
+            paths.extend(_directory_shards(local_path(part)))
+            continue
+        if looks_like_set_directory(part):
+            paths.extend(join(part, s["name"]) for s in read_manifest(part)["shards"])
+            continue
+        expanded = list(braceexpand.braceexpand(part))
+        missing = [e for e in expanded if is_local(e) and not local_path(e).exists()]
+        if missing:
+            raise ShardError(f"{missing[0]}: no such shard file or directory")
+        paths.extend(expanded)
     if not paths:
         raise ShardError(f"{source}: no shards found")
     return paths
+
+
+def _directory_shards(p: Path) -> list[str]:
+    """The tars of a local shard-set directory: those its manifest lists, else every ``*.tar`` in it."""
+    if (p / BUILDING_MARKER).is_file():
+        raise ShardError(
+            f"{p}: a shard build into this directory did not finish (killed?); its tars may mix two builds. "
+            "Run the build again"
+        )
+    if (p / MANIFEST_NAME).is_file():
+        return [str(p / s["name"]) for s in read_manifest(p)["shards"]]
+    return [str(t) for t in sorted(p.glob("*.tar"))]
 
 
 def split_field_name(member_name: str) -> tuple[str, str]:
@@ -324,16 +362,65 @@ def split_field_name(member_name: str) -> tuple[str, str]:
     return key, ext
 
 
-def iter_tar_samples(path: str | Path) -> Iterator[dict[str, Any]]:
+class _StrictTarInfo(tarfile.TarInfo):
+    """A tar header reader that treats a short or garbled header after the first member as damage.
+
+    Python's tarfile ends iteration silently there (a file cut off between members looks complete); only a zero
+    end-of-archive block may end a shard.
+    """
+
+    @classmethod
+    def fromtarfile(cls, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        try:
+            return super().fromtarfile(tar)
+        except (tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError, tarfile.EmptyHeaderError) as exc:
+            if tar.offset == 0:
+                raise
+            raise tarfile.SubsequentHeaderError(f"no end-of-archive marker at byte {tar.offset} ({exc})") from exc
+
+
+def iter_tar_samples(url: str | Path, options: RemoteOptions | None = None) -> Iterator[dict[str, Any]]:
     """Yield raw samples of one tar shard as ``{"__key__", "__url__", ext: bytes}``, grouping consecutive members.
 
-    A truncated or corrupt tar raises ShardError naming the file and the last member read whole, instead of ending
-    early without a word (Python's tarfile stops silently at a cut-off header). The sample in progress is dropped.
+    The shard is read as a stream (local file, pipe, HTTP or fsspec URL). A truncated or corrupt tar raises
+    ShardError naming the shard and the last member read whole, instead of ending early without a word; the sample in
+    progress is dropped. A remote shard that fails is read again up to ``options.retries`` times with backoff, going
+    on after the samples it already gave, before the error is raised.
     """
+    if is_local(url):
+        yield from _read_tar_once(url, options)
+        return
+    options = options or RemoteOptions()
+    given = 0
+    for attempt in range(options.retries + 1):
+        try:
+            for index, sample in enumerate(_read_tar_once(url, options)):
+                if index >= given:
+                    given += 1
+                    yield sample
+            return
+        except ShardError as exc:
+            if isinstance(exc.__cause__, NoReaderError):
+                raise
+            if attempt == options.retries:
+                raise ShardError(f"{exc}; gave up after {attempt + 1} attempts") from exc
+            delay = options.delay(attempt)
+            log.warning("%s; attempt %d of %d, next in %.1f s", exc, attempt + 2, options.retries + 1, delay)
+            time.sleep(delay)
+
+
+def _read_tar_once(url: str | Path, options: RemoteOptions | None) -> Iterator[dict[str, Any]]:
+    """One sequential pass over a tar shard; see ``iter_tar_samples``."""
     current: dict[str, Any] | None = None
     last_member = None
+    name = describe(url)
     try:
-        with tarfile.open(path, "r") as tar:
+        stream = open_stream(url, options)
+    except OSError as exc:
+        raise ShardError(f"{name}: cannot open ({exc})") from exc
+    finished = False
+    try:
+        with tarfile.open(fileobj=stream, mode="r|*", tarinfo=_StrictTarInfo) as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -342,31 +429,27 @@ def iter_tar_samples(path: str | Path) -> Iterator[dict[str, Any]]:
                     yield current
                     current = None
                 if current is None:
-                    current = {"__key__": key, "__url__": str(path)}
+                    current = {"__key__": key, "__url__": str(url)}
                 handle = tar.extractfile(member)
                 current[ext] = handle.read() if handle is not None else b""
                 last_member = member.name
-            _check_archive_end(tar, path)
-    except (tarfile.TarError, EOFError, zlib.error) as exc:
+        finished = True
+        close_stream(stream, url, finished=True)
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         after = f" after member {last_member!r}" if last_member is not None else ""
-        raise ShardError(f"{path}: tar is truncated or corrupt{after} ({exc})") from exc
+        reason = transport_problem(stream, url) or exc
+        raise ShardError(f"{name}: tar is truncated or corrupt{after} ({reason})") from exc
+    finally:
+        if not finished:
+            close_stream(stream, url, finished=False)
     if current is not None:
         yield current
 
 
-def _check_archive_end(tar: tarfile.TarFile, path: str | Path) -> None:
-    """Raise when the members are not followed by a zero end-of-archive block: the file was cut off or damaged."""
-    assert tar.fileobj is not None
-    tar.fileobj.seek(tar.offset)
-    block = tar.fileobj.read(_BLOCK)
-    if len(block) < _BLOCK or block.count(0) != _BLOCK:
-        raise tarfile.ReadError(f"no end-of-archive marker at byte {tar.offset}")
-
-
-def iter_samples(source: str | Path) -> Iterator[dict[str, Any]]:
+def iter_samples(source: str | Path, options: RemoteOptions | None = None) -> Iterator[dict[str, Any]]:
     """Yield every raw sample of a shard source, shard by shard, in order."""
     for path in shard_paths(source):
-        yield from iter_tar_samples(path)
+        yield from iter_tar_samples(path, options)
 
 
 def image_field(sample: dict[str, Any]) -> str | None:
@@ -374,30 +457,69 @@ def image_field(sample: dict[str, Any]) -> str | None:
     return next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
 
 
-def decode_sample(sample: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+@dataclass(frozen=True)
+class CaptionFormat:
+    """Where a sample's captions are: dcclip's ``captions`` object in ``KEY.json``, or, for img2dataset output and
+    other single-language WebDatasets, one ``KEY.txt`` caption whose language is read from the metadata field
+    ``lang_field`` (e.g. laion2B-multi's ``LANGUAGE``) or, failing that, is ``caption_lang``.
+    """
+
+    caption_lang: str = ""
+    lang_field: str = ""
+
+    @property
+    def single_caption(self) -> bool:
+        """Whether samples with one ``.txt`` caption can be read (their language is given somehow)."""
+        return bool(self.caption_lang or self.lang_field)
+
+
+DCCLIP_CAPTIONS = CaptionFormat()
+
+
+def decode_sample(sample: dict[str, Any], fmt: CaptionFormat = DCCLIP_CAPTIONS) -> tuple[dict[str, Any], Any]:
     """A raw sample's checked metadata and decoded PIL image; raises ShardError / ImageDecodeError naming the key."""
     from dcclip.runtime.preprocess import decode_image
 
-    meta = parse_meta(sample)
+    meta = parse_meta(sample, fmt)
     ext = image_field(sample)
     if ext is None:
         raise ShardError(f"sample {sample.get('__key__', '?')}: no image field")
     return meta, decode_image(sample[ext])
 
 
-def parse_meta(sample: dict[str, Any]) -> dict[str, Any]:
-    """Parse and check a sample's ``json`` field; raises ShardError naming the key and the problem."""
+def parse_meta(sample: dict[str, Any], fmt: CaptionFormat = DCCLIP_CAPTIONS) -> dict[str, Any]:
+    """A sample's metadata with its captions as ``{"captions": {lang: text}, "source_lang": ...}``, checked.
+
+    Raises ShardError naming the key and the problem.
+    """
     key = sample.get("__key__", "?")
     raw = sample.get("json")
-    if raw is None:
+    meta = _json_field(raw, key) if raw is not None else None
+    if isinstance(meta, dict) and "captions" in meta:
+        return _check_captions(meta, key)
+    if "txt" in sample and fmt.single_caption:
+        return _single_caption(sample, meta if isinstance(meta, dict) else {}, fmt, key)
+    if raw is None and "txt" not in sample:
         raise ShardError(f"sample {key}: no .json field")
+    if "txt" in sample:
+        raise ShardError(
+            f"sample {key}: one .txt caption and no 'captions' object; give its language with data.caption_lang "
+            "(e.g. en) or data.lang_field (e.g. LANGUAGE) to read single-language / img2dataset shards"
+        )
+    raise ShardError(f"sample {key}: .json has no 'captions' object")
+
+
+def _json_field(raw: Any, key: str) -> Any:
     try:
-        meta = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+        return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
     except UnicodeDecodeError as exc:
         raise ShardError(f"sample {key}: .json is not UTF-8 ({exc})") from exc
     except json.JSONDecodeError as exc:
         raise ShardError(f"sample {key}: .json is not valid JSON ({exc})") from exc
-    captions = meta.get("captions") if isinstance(meta, dict) else None
+
+
+def _check_captions(meta: dict[str, Any], key: str) -> dict[str, Any]:
+    captions = meta.get("captions")
     if not isinstance(captions, dict) or not captions:
         raise ShardError(f"sample {key}: .json has no 'captions' object")
     for lang, text in captions.items():
@@ -409,11 +531,38 @@ def parse_meta(sample: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def iter_captions(source: str | Path, langs: Iterable[str] | None = None) -> Iterator[str]:
-    """Yield every caption text of a shard source (optionally only some languages), e.g. to train a tokenizer."""
+def _single_caption(sample: dict[str, Any], meta: dict[str, Any], fmt: CaptionFormat, key: str) -> dict[str, Any]:
+    """dcclip metadata for a sample with one ``.txt`` caption; its language from ``fmt`` (unknown codes raise)."""
+    lang = fmt.caption_lang
+    if fmt.lang_field and meta.get(fmt.lang_field) is not None:
+        label = meta[fmt.lang_field]
+        lang = normalise_lang(label) or ""
+        if not lang:
+            raise ShardError(f"sample {key}: {fmt.lang_field}={label!r} is not a language code dcclip knows")
+    if not lang:
+        raise ShardError(f"sample {key}: no {fmt.lang_field!r} field in .json to give the caption's language")
+    try:
+        text = sample["txt"].decode("utf-8") if isinstance(sample["txt"], bytes) else str(sample["txt"])
+    except UnicodeDecodeError as exc:
+        raise ShardError(f"sample {key}: .txt is not UTF-8 ({exc})") from exc
+    if not text.strip():
+        raise ShardError(f"sample {key}: .txt caption is empty")
+    return {**meta, "captions": {lang: text.strip()}, "source_lang": lang}
+
+
+def iter_captions(
+    source: str | Path, langs: Iterable[str] | None = None, fmt: CaptionFormat = DCCLIP_CAPTIONS
+) -> Iterator[str]:
+    """Yield every caption text of a shard source (optionally only some languages), e.g. to train a tokenizer.
+
+    Samples whose captions cannot be read are passed over (``shards validate`` names them).
+    """
     wanted = set(langs) if langs is not None else None
     for sample in iter_samples(source):
-        captions = json.loads(sample["json"]).get("captions", {}) if "json" in sample else {}
+        try:
+            captions = parse_meta(sample, fmt)["captions"]
+        except ShardError:
+            continue
         for lang, text in captions.items():
             if wanted is None or lang in wanted:
                 yield text

@@ -115,6 +115,7 @@ class Trainer:
         self.task, self.loader, self.spec, self.env = task, loader, spec, env
         self.student: nn.Module = task.student
         self.step = 0
+        self.failed_shards: list[str] = []  # URLs of shards that broke off since the last metrics record
         self.samples_seen = 0
         task.to(env.device)
         if spec.train.channels_last:
@@ -185,6 +186,7 @@ class Trainer:
             batch = next(batches)
             images += len(batch["keys"])
             skipped += int(batch.get("n_skipped", 0))
+            self.failed_shards += batch.get("failed_shards", [])
             batch = to_device(batch, self.env.device, self.spec.train.channels_last)
             last = micro == accum - 1
             no_sync = self.model.no_sync() if self.env.distributed and not last else contextlib.nullcontext()
@@ -242,6 +244,12 @@ class Trainer:
             "skipped_samples": skipped,
             "epoch": self.loader.state_dict().get("epoch", 0),
         }
+        failed = sorted(
+            {url for urls in gather_strings(json.dumps(self.failed_shards), self.env) for url in json.loads(urls)}
+        )
+        self.failed_shards = []
+        if failed:  # shards that could not be read to the end since the last record, on any rank
+            record["unreadable_shards"] = failed
         if hasattr(self.task, "extra_metrics"):
             record.update(self.task.extra_metrics())
         self.metrics.write(self.step, record)
