@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import tempfile
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +31,7 @@ from typing import Any
 from PIL import Image
 
 from dcclip.data.shards import iter_tar_samples
+from dcclip.data.sources import RemoteOptions, describe, is_local, join, read_bytes
 from dcclip.runtime.preprocess import decode_image
 from dcclip.runtime.prompts import PLACEHOLDER
 
@@ -259,8 +263,9 @@ class ClassificationDataset:
     max_samples: int | None = None
     shards: list[Path] = field(default_factory=list)
     files: list[tuple[Path, int]] = field(default_factory=list)  # ImageFolder: (image path, label)
-    skipped: list[str] = field(default_factory=list)  # images left out by samples(skip_undecodable=True)
+    skipped: list[str] = field(default_factory=list)  # images left out (samples(skip_undecodable=True), eval)
     attributes: dict[str, list[str]] = field(default_factory=dict)  # {attribute: value per class} (optional)
+    origin: str = ""  # the URL of a remote set (``root`` then holds a local copy of its text files)
 
     @property
     def n_classes(self) -> int:
@@ -296,7 +301,7 @@ class ClassificationDataset:
     def samples(self, skip_undecodable: bool = False) -> Iterator[tuple[Image.Image, int]]:
         """(PIL image, label) pairs in dataset order, at most ``max_samples``; an image that does not decode raises
         DatasetError naming it, or with ``skip_undecodable`` is logged, named in ``skipped`` and left out."""
-        for open_image, label, where in self._entries():
+        for open_image, label, where in self.entries():
             try:
                 yield open_image(), label
             except DatasetError as exc:
@@ -305,8 +310,9 @@ class ClassificationDataset:
                 log.warning("skipping %s: %s", where, exc)
                 self.skipped.append(where)
 
-    def _entries(self) -> Iterator[tuple[Callable[[], Image.Image], int, str]]:
-        """(image opener, label, name) of every sample, labels checked before any image is decoded."""
+    def entries(self) -> Iterator[tuple[Callable[[], Image.Image], int, str]]:
+        """(image opener, label, name) of every sample in order, labels checked before any image is decoded; an
+        evaluation opens only the images it embeds (under torchrun: only its rank's)."""
         if self.layout == "wds":
             for sample in _iter_wds(self.shards, self.max_samples):
                 where = f"{sample.get('__url__')}: sample {sample.get('__key__')!r}"
@@ -318,7 +324,7 @@ class ClassificationDataset:
     def info(self) -> dict[str, Any]:
         """What a report records about the set: path, layout, classes, languages and where the texts came from."""
         return {
-            "path": str(self.root),
+            "path": self.origin or str(self.root),
             "type": "classification",
             "layout": self.layout,
             "classes": self.n_classes,
@@ -368,9 +374,14 @@ def open_imagefolder(root: Path, max_samples: int | None = None) -> Classificati
     )
 
 
-def open_wds_classification(root: Path, max_samples: int | None = None, split: str = "test") -> ClassificationDataset:
-    """A clip_benchmark classification set; class names are required (classnames.txt or classnames.json)."""
-    shards = wds_shards(root, split)
+def open_wds_classification(
+    root: Path, max_samples: int | None = None, split: str = "test", shards: list | None = None
+) -> ClassificationDataset:
+    """A clip_benchmark classification set; class names are required (classnames.txt or classnames.json).
+
+    ``shards`` overrides the tars found under ``root`` (a remote set's URLs).
+    """
+    shards = shards if shards is not None else wds_shards(root, split)
     names, templates, sources = read_classification_text(root)
     if not names:
         raise DatasetError(f"{root / CLASSNAMES_TXT}: missing (and no {CLASSNAMES_JSON}); zero-shot needs class names")
@@ -436,6 +447,8 @@ class RetrievalDataset:
     shards: list[Path]
     max_samples: int | None = None
     _langs: list[str] | None = field(default=None, repr=False)
+    skipped: list[str] = field(default_factory=list)  # samples an evaluation left out: their image does not decode
+    origin: str = ""  # the URL of a remote set (``root`` then holds a local copy of its text files)
 
     def samples(self) -> Iterator[RetrievalSample]:
         """Samples in dataset order, at most ``max_samples``; images stay encoded until asked for."""
@@ -467,7 +480,7 @@ class RetrievalDataset:
     def info(self) -> dict[str, Any]:
         """What a report records about the set."""
         return {
-            "path": str(self.root),
+            "path": self.origin or str(self.root),
             "type": "retrieval",
             "layout": "wds",
             "langs": self.langs,
@@ -478,10 +491,15 @@ class RetrievalDataset:
 def open_dataset(
     root: str | Path, max_samples: int | None = None, split: str = "test"
 ) -> ClassificationDataset | RetrievalDataset:
-    """Open an eval set by its layout: retrieval (dataset_type.txt), clip_benchmark classification, or ImageFolder."""
-    root = Path(root).expanduser()
+    """Open an eval set by its layout: retrieval (dataset_type.txt), clip_benchmark classification, or ImageFolder.
+
+    ``root`` may be a URL (``https://``, ``s3://``) of a clip_benchmark WebDataset set (see ``open_remote_dataset``).
+    """
     if max_samples is not None and max_samples < 1:
         raise DatasetError(f"max_samples must be >= 1, got {max_samples}")
+    if not is_local(str(root)):
+        return open_remote_dataset(str(root), max_samples, split)
+    root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetError(f"{root}: eval dataset directory does not exist")
     kind_file = root / DATASET_TYPE
@@ -493,3 +511,40 @@ def open_dataset(
     if (root / split / NSHARDS).exists() or any((root / split).glob("*.tar")):
         return open_wds_classification(root, max_samples, split)
     return open_imagefolder(root, max_samples)
+
+
+# Small text files of a clip_benchmark set; each set has some of them.
+_METADATA_FILES = (DATASET_TYPE, CLASSNAMES_TXT, CLASSNAMES_JSON, TEMPLATES_TXT, TEMPLATES_JSON, ATTRIBUTES_JSON)
+
+
+def open_remote_dataset(
+    url: str, max_samples: int | None = None, split: str = "test"
+) -> ClassificationDataset | RetrievalDataset:
+    """A clip_benchmark WebDataset set on a web server or object store.
+
+    Its small text files are fetched into a temporary folder (removed with the dataset object); the shards
+    ``split/0.tar .. {n-1}.tar`` (n from ``split/nshards.txt``, which a remote set must have: a URL cannot be listed)
+    are streamed like remote training shards, with the same retries.
+    """
+    local = Path(tempfile.mkdtemp(prefix="dcclip-evalset-"))
+    for name in _METADATA_FILES:
+        try:
+            (local / name).write_bytes(read_bytes(join(url, name), RemoteOptions(retries=0)))
+        except OSError:
+            continue  # an optional file this set does not have
+    where = f"{describe(url)}/{split}/{NSHARDS}"
+    try:
+        count = int(read_bytes(join(url, f"{split}/{NSHARDS}")).decode("ascii").strip())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        shutil.rmtree(local, ignore_errors=True)
+        raise DatasetError(f"{where}: a remote eval set needs this file to list its shards ({exc})") from exc
+    shards = [join(url, f"{split}/{i}.tar") for i in range(count)]
+    kind_file = local / DATASET_TYPE
+    kind = kind_file.read_text(encoding="utf-8").strip().lower() if kind_file.is_file() else "classification"
+    if kind == "retrieval":
+        ds: ClassificationDataset | RetrievalDataset = RetrievalDataset(local, shards, max_samples)
+    else:
+        ds = open_wds_classification(local, max_samples, split, shards=shards)
+    ds.origin = describe(url)
+    weakref.finalize(ds, shutil.rmtree, local, True)
+    return ds

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from dcclip import __version__
-from dcclip.eval import stats
+from dcclip.eval import distributed, stats
 from dcclip.eval.datasets import ClassificationDataset, DatasetError, RetrievalDataset, open_dataset
 from dcclip.eval.models import TEACHER_PREFIXES, EmbeddingModel, default_name, load_model
 from dcclip.eval.tasks import TASKS, UNBOUNDED, EvalTask, get_task
@@ -65,7 +65,7 @@ def _task(task: str) -> EvalTask:
     return get_task(task)
 
 
-def _open_for(task: str, dataset: Path, max_samples: int | None) -> ClassificationDataset | RetrievalDataset:
+def _open_for(task: str, dataset: str | Path, max_samples: int | None) -> ClassificationDataset | RetrievalDataset:
     """Open the dataset and check it is the kind the task reads (classification vs retrieval)."""
     ds = open_dataset(dataset, max_samples=max_samples)
     if ds.info()["type"] != _task(task).dataset_kind:
@@ -274,6 +274,7 @@ def markdown_report(report: dict[str, Any], charts: bool = True) -> str:
         "",
         f"- dataset: `{ds['path']}` ({ds['type']}, {ds.get('samples', '?')} samples"
         + (f", {ds['classes']} classes" if "classes" in ds else "")
+        + (f", {ds['skipped']} undecodable skipped" if ds.get("skipped") else "")
         + ")",
         f"- languages: {', '.join(report['langs'])}",
         _intervals_line(report),
@@ -333,7 +334,8 @@ def draw_chart(report: dict[str, Any], metric: str) -> Any:
         ax.set_ylim(0.0, 1.0)  # rates share one scale, so charts of different runs compare at a glance
     ax.set_ylabel(metric)
     whiskers = ", whiskers: 95% Wilson intervals" if bars else ""
-    ax.set_title(f"{report['task']}: {metric} ({Path(report['dataset']['path']).name}{whiskers})")
+    set_name = str(report["dataset"]["path"]).rstrip("/").rsplit("/", 1)[-1]  # a folder or a URL
+    ax.set_title(f"{report['task']}: {metric} ({set_name}{whiskers})")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize="small")
     return fig
@@ -385,7 +387,8 @@ def _evaluate_one(
     task: str, ref: ModelRef, label: str, ds: Any, langs: list[str], opts: dict[str, Any]
 ) -> dict[str, Any]:
     """Load one model, score it on every language, release it; returns its report entry with timings."""
-    log.info("eval %s: %s", task, label)
+    if distributed.is_main():
+        log.info("eval %s: %s", task, label)
     start = time.perf_counter()
     model = _load(ref, label, opts["device"], opts["batch_size"], opts["teacher_text"])
     loaded = time.perf_counter()
@@ -413,7 +416,7 @@ def _samples_evaluated(task: str, entries: list[dict[str, Any]]) -> int:
 def run_eval(
     task: str,
     models: Sequence[ModelRef],
-    dataset: Path,
+    dataset: str | Path,
     langs: list[str] | None,
     out_dir: Path,
     batch_size: int = 64,
@@ -426,18 +429,22 @@ def run_eval(
     """Evaluate every model on one task and dataset, write the report into ``out_dir`` and return it.
 
     ``models`` are references for ``load_model`` (or EmbeddingModel objects); ``teacher_text`` is a separate text
-    teacher for the openclip:/hf: references among them.
+    teacher for the openclip:/hf: references among them. Under torchrun every rank runs this: batches are dealt out
+    across ranks (eval/distributed.py), every rank gets the one-process report, and only rank 0 writes it.
+    Undecodable images are left out, logged and counted (``dataset.skipped``).
     """
     if not models:
         raise ValueError("run_eval needs at least one model")
-    ds = _open_for(task, Path(dataset), max_samples)
+    ds = _open_for(task, dataset, max_samples)
     chosen = _task_langs(task, ds, langs)
     labels = _labels(models, names, teacher_text)
-    opts = {"device": device, "batch_size": batch_size, "teacher_text": teacher_text, "progress": progress}
-    entries = [_evaluate_one(task, ref, label, ds, chosen, opts) for ref, label in zip(models, labels, strict=True)]
-    info = {**ds.info(), "samples": _samples_evaluated(task, entries)}
+    with distributed.ranks(device) as rank_device:
+        opts = {"device": rank_device, "batch_size": batch_size, "teacher_text": teacher_text, "progress": progress}
+        entries = [_evaluate_one(task, ref, label, ds, chosen, opts) for ref, label in zip(models, labels, strict=True)]
+    info = {**ds.info(), "samples": _samples_evaluated(task, entries), "skipped": len(ds.skipped)}
     settings = {"batch_size": batch_size, "max_samples": max_samples, "device": device, "teacher_text": teacher_text}
-    report = build_report(task, info, chosen, entries, settings)
+    report = build_report(task, info, chosen, entries, {**settings, "ranks": distributed.world_size()})
     out_dir = Path(out_dir)
-    write_report(report, out_dir)
+    if distributed.is_main():
+        write_report(report, out_dir)
     return {**report, "out_dir": str(out_dir)}

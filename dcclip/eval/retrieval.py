@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from dcclip.eval.datasets import DatasetError, RetrievalDataset
-from dcclip.eval.embedding import embed_image_stream, embed_texts
+from dcclip.eval.embedding import ImageEntry, embed_image_entries, embed_texts
 from dcclip.eval.models import EmbeddingModel
 
 __all__ = ["KS", "evaluate_retrieval", "metric_counts", "metric_names", "recall_at_k"]
@@ -77,18 +77,20 @@ def recall_at_k(
 def _embed_samples(
     model: EmbeddingModel, dataset: RetrievalDataset, batch_size: int, progress: bool
 ) -> tuple[np.ndarray, list[dict[str, list[str]]]]:
-    """Image embeddings [N, D] of the whole set (streamed) and every sample's captions per language."""
+    """Image embeddings [N, D] of the whole set (streamed) and every sample's captions per language; samples whose
+    image does not decode are logged, left out and named in ``dataset.skipped``."""
     captions: list[dict[str, list[str]]] = []
 
-    def images() -> Iterator[Any]:
+    def entries() -> Iterator[ImageEntry]:
         for sample in dataset.samples():
             captions.append(sample.captions)
-            yield sample.image()
+            yield sample.image, sample.where
 
-    embeddings = embed_image_stream(model, images(), batch_size, progress, total=dataset.max_samples)
-    if not captions:
-        raise DatasetError(f"{dataset.root}: no samples to evaluate")
-    return embeddings, captions
+    embedded = embed_image_entries(model, entries(), batch_size, progress, total=dataset.max_samples)
+    dataset.skipped = embedded.skipped
+    if not embedded.kept:
+        raise DatasetError(f"{dataset.root}: no samples to evaluate (skipped {len(embedded.skipped)} undecodable)")
+    return embedded.embeddings, [captions[index] for index in embedded.kept]
 
 
 def captions_of(captions: list[dict[str, list[str]]], lang: str) -> tuple[list[str], np.ndarray]:

@@ -9,14 +9,14 @@ embeddings are computed once and scored against every language's classifier, so 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from dcclip.eval import stats
 from dcclip.eval.datasets import ClassificationDataset, DatasetError
-from dcclip.eval.embedding import embed_image_stream, embed_texts
+from dcclip.eval.embedding import ImageEntry, embed_image_entries, embed_texts
 from dcclip.eval.models import EmbeddingModel
 from dcclip.runtime.prompts import class_embeddings, fill_templates
 
@@ -100,18 +100,20 @@ def attribute_metrics(logits: np.ndarray, labels: np.ndarray, attributes: dict[s
 def embed_dataset_images(
     model: EmbeddingModel, dataset: ClassificationDataset, batch_size: int = 64, progress: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Image embeddings [N, D] and labels [N] of the whole set, streamed in batches."""
+    """Image embeddings [N, D] and labels [N] of the whole set, streamed in batches; images that do not decode are
+    logged, left out and named in ``dataset.skipped``."""
     labels: list[int] = []
 
-    def images() -> Any:
-        for image, label in dataset.samples():
+    def entries() -> Iterator[ImageEntry]:
+        for open_image, label, where in dataset.entries():
             labels.append(label)
-            yield image
+            yield open_image, where
 
-    embeddings = embed_image_stream(model, images(), batch_size, progress, total=dataset.size_hint)
-    if not labels:
-        raise DatasetError(f"{dataset.root}: no samples to evaluate")
-    return embeddings, np.asarray(labels, dtype=np.int64)
+    embedded = embed_image_entries(model, entries(), batch_size, progress, total=dataset.size_hint)
+    dataset.skipped = embedded.skipped
+    if not embedded.kept:
+        raise DatasetError(f"{dataset.root}: no samples to evaluate (skipped {len(embedded.skipped)} undecodable)")
+    return embedded.embeddings, np.asarray(labels, dtype=np.int64)[embedded.kept]
 
 
 def evaluate_zeroshot(
