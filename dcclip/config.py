@@ -46,6 +46,8 @@ class DataConfig:
     # or the KEY.json field that names it per sample (laion2B-multi: LANGUAGE); see dcclip.data.langcodes.
     caption_lang: str = ""
     lang_field: str = ""
+    # Train on machine-translated captions too (`dcclip shards translate` marks them in caption_sources)
+    machine_captions: bool = True
 
     def validate(self, path: str) -> None:
         _require(self.batch_size >= 1, f"{path}.batch_size", "must be >= 1")

@@ -448,7 +448,7 @@ class ShardLoader(EpochPosition):
 
 def caption_format(cfg: DataConfig) -> CaptionFormat:
     """How the run's shards give their captions (dcclip JSON, or one .txt caption in a given language)."""
-    return CaptionFormat(caption_lang=cfg.caption_lang, lang_field=cfg.lang_field)
+    return CaptionFormat(cfg.caption_lang, cfg.lang_field, cfg.machine_captions)
 
 
 def run_languages(cfg: DataConfig, manifest_langs: dict[str, int]) -> list[str]:
@@ -459,11 +459,12 @@ def run_languages(cfg: DataConfig, manifest_langs: dict[str, int]) -> list[str]:
         return sorted(manifest_langs)
     if cfg.lang_field:
         raise ShardError(
-            f"{cfg.train}: data.lang_field needs data.langs (which languages to train on) without a manifest"
+            f"{cfg.train}: with data.lang_field and no manifest, set data.langs (the languages to train on)"
         )
-    langs = [cfg.caption_lang or "en"]
-    log.warning("%s: no manifest gives the languages; training on %s (set data.langs to choose)", cfg.train, langs)
-    return langs
+    if cfg.caption_lang:
+        return [cfg.caption_lang]
+    log.warning("%s: no manifest gives the languages; training on ['en'] (set data.langs to choose)", cfg.train)
+    return ["en"]
 
 
 def _manifest_counts(source: str) -> dict[str, Any]:

@@ -466,6 +466,7 @@ class CaptionFormat:
 
     caption_lang: str = ""
     lang_field: str = ""
+    machine_captions: bool = True  # False: drop captions ``caption_sources`` marks as machine translations
 
     @property
     def single_caption(self) -> bool:
@@ -474,6 +475,21 @@ class CaptionFormat:
 
 
 DCCLIP_CAPTIONS = CaptionFormat()
+MACHINE = "machine"  # caption_sources kind of a machine-translated caption
+
+
+def machine_langs(meta: dict[str, Any]) -> set[str]:
+    """Languages of a sample's captions that a machine made, per its ``caption_sources``."""
+    sources = meta.get("caption_sources") or {}
+    return {lang for lang, src in sources.items() if isinstance(src, dict) and src.get("kind") == MACHINE}
+
+
+def without_machine_captions(meta: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a sample's metadata keeping only the captions that came with the data (no machine translations)."""
+    drop = machine_langs(meta)
+    kept = {lang: text for lang, text in meta.get("captions", {}).items() if lang not in drop}
+    rest = {key: value for key, value in meta.items() if key != "caption_sources"}
+    return {**rest, "captions": kept}
 
 
 def decode_sample(sample: dict[str, Any], fmt: CaptionFormat = DCCLIP_CAPTIONS) -> tuple[dict[str, Any], Any]:
@@ -496,6 +512,7 @@ def parse_meta(sample: dict[str, Any], fmt: CaptionFormat = DCCLIP_CAPTIONS) -> 
     raw = sample.get("json")
     meta = _json_field(raw, key) if raw is not None else None
     if isinstance(meta, dict) and "captions" in meta:
+        meta = meta if fmt.machine_captions else without_machine_captions(meta)
         return _check_captions(meta, key)
     if "txt" in sample and fmt.single_caption:
         return _single_caption(sample, meta if isinstance(meta, dict) else {}, fmt, key)
