@@ -9,8 +9,12 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dcclip import __version__
+
+if TYPE_CHECKING:
+    from dcclip.data.shards import CaptionFormat
 
 log = logging.getLogger("dcclip")
 
@@ -40,7 +44,7 @@ def _cmd_shards_build(args: argparse.Namespace) -> int:
 
     manifest = build_shards(
         args.source_kind,
-        Path(args.src),
+        args.src,
         Path(args.out),
         max_count=args.max_count,
         max_size_mb=args.max_size,
@@ -48,6 +52,7 @@ def _cmd_shards_build(args: argparse.Namespace) -> int:
         source_lang=args.source_lang,
         langs=_split_list(args.langs),
         image_column=args.image_column,
+        lang_field=args.lang_field or "",
     )
     skipped = len(manifest["skipped"])
     print(f"{manifest['samples']} samples in {len(manifest['shards'])} shards -> {args.out}; skipped {skipped}")
@@ -61,7 +66,7 @@ def _cmd_shards_build(args: argparse.Namespace) -> int:
 def _cmd_shards_validate(args: argparse.Namespace) -> int:
     from dcclip.data.shard_validate import validate_shards
 
-    report = validate_shards(args.dir)
+    report = validate_shards(args.dir, fmt=_caption_format(args))
     print(report.format_table())
     return 0 if report.ok else INPUT_EXIT
 
@@ -69,8 +74,20 @@ def _cmd_shards_validate(args: argparse.Namespace) -> int:
 def _cmd_shards_inspect(args: argparse.Namespace) -> int:
     from dcclip.data.shard_inspect import format_inspect, inspect_shards
 
-    stats = inspect_shards(args.dir, contact_sheet=Path(args.contact_sheet) if args.contact_sheet else None, n=args.n)
+    sheet = Path(args.contact_sheet) if args.contact_sheet else None
+    stats = inspect_shards(args.dir, contact_sheet=sheet, n=args.n, fmt=_caption_format(args))
     print(json.dumps(stats, indent=2, ensure_ascii=False) if args.json else format_inspect(stats))
+    return 0
+
+
+def _cmd_shards_translate(args: argparse.Namespace) -> int:
+    from dcclip.stages.translate import run
+
+    summary = run(
+        args.shards, args.out, args.model, _split_list(args.langs) or [], source_lang=args.source_lang,
+        batch_size=args.batch_size, device=args.device, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+    )  # fmt: skip
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
     return 0
 
 
@@ -79,7 +96,10 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from dcclip.models.tokenizers import train_tokenizer
 
     path = train_tokenizer(
-        iter_captions(args.shards, _split_list(args.langs)), args.vocab_size, Path(args.out), args.algorithm
+        iter_captions(args.shards, _split_list(args.langs), _caption_format(args)),
+        args.vocab_size,
+        Path(args.out),
+        args.algorithm,
     )
     print(f"tokenizer written to {path}")
     return 0
@@ -122,6 +142,9 @@ def _cmd_cache_teacher(args: argparse.Namespace) -> int:
     extra = [f"teacher.spec={args.teacher}"] if args.teacher else []
     summary = run(_run_config(args, extra), args.out)
     print(json.dumps(summary, indent=2))
+    if summary["shards_failed"]:
+        print(f"{summary['shards_failed']} shard(s) could not be read; run the same command again to finish them")
+        return 1
     return 0
 
 
@@ -136,12 +159,13 @@ def _cmd_teacher_train_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from dcclip.eval.distributed import is_main
     from dcclip.eval.report import console_report, run_eval
 
     report = run_eval(
         args.eval_task,
         args.model,
-        Path(args.dataset),
+        args.dataset,
         _split_list(args.langs),
         Path(args.out),
         batch_size=args.batch_size,
@@ -150,7 +174,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         names=_split_list(args.names),
         teacher_text=args.teacher_text or "",
     )
-    print(console_report(report))
+    if is_main():  # under torchrun every rank holds the report; one prints it
+        print(console_report(report))
     return 0
 
 
@@ -222,6 +247,18 @@ def _split_list(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
+def _caption_format(args: argparse.Namespace) -> CaptionFormat:
+    """How single-caption samples (img2dataset's KEY.txt) give their language, from --caption-lang / --lang-field."""
+    from dcclip.data.shards import CaptionFormat
+
+    return CaptionFormat(caption_lang=args.caption_lang or "", lang_field=args.lang_field or "")
+
+
+def _add_caption_format(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--caption-lang", default=None, help="language of single .txt captions (img2dataset shards)")
+    p.add_argument("--lang-field", default=None, help="KEY.json field naming each .txt caption's language")
+
+
 def _add_world(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("world", help="generate the multilingual toy world (training shards + eval sets)")
     p.add_argument("--out", required=True, help="output directory")
@@ -235,38 +272,54 @@ def _add_world(sub: argparse._SubParsersAction) -> None:
 
 def _add_shards(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("shards", help="build, validate and inspect WebDataset shards")
-    shards = p.add_subparsers(dest="shards_command", required=True, metavar="{build,validate,inspect}")
+    shards = p.add_subparsers(dest="shards_command", required=True, metavar="{build,validate,inspect,translate}")
 
     b = shards.add_parser("build", help="images + multilingual captions -> WebDataset shards + manifest.json")
-    b.add_argument("--from", dest="source_kind", required=True, choices=["folder", "csv", "jsonl"])
-    b.add_argument("src", help="source folder, CSV file or JSONL file")
+    b.add_argument("--from", dest="source_kind", required=True, choices=["folder", "csv", "jsonl", "wds"])
+    b.add_argument("src", help="source folder, CSV file, JSONL file, or (wds) any shard source: folder, pattern, URL")
     b.add_argument("--out", required=True, help="output shard directory")
     b.add_argument("--max-count", type=int, default=1000, help="samples per shard")
     b.add_argument("--max-size", type=float, default=256.0, help="MB per shard")
     b.add_argument("--max-side", type=int, default=None, help="downscale images whose longer side exceeds this")
-    b.add_argument("--source-lang", default="en", help="language of the source caption (default en)")
+    b.add_argument("--source-lang", default="en", help="language of the source caption, and of .txt captions")
     b.add_argument("--langs", default=None, help="comma-separated caption columns/fields (default: detect)")
     b.add_argument("--image-column", default="image", help="CSV column / JSONL field holding the image path")
+    b.add_argument("--lang-field", default=None, help="wds: KEY.json field naming each .txt caption's language")
     b.set_defaults(func=_cmd_shards_build)
 
     v = shards.add_parser("validate", help="decode every image and parse every caption; non-zero exit if any is bad")
-    v.add_argument("dir", help="shard directory (or tar / brace pattern)")
+    v.add_argument("dir", help="shard directory, tar, brace pattern or URL (https://, pipe:, s3://)")
+    _add_caption_format(v)
     v.set_defaults(func=_cmd_shards_validate)
 
     i = shards.add_parser("inspect", help="counts per language, sizes, caption lengths; optional contact sheet")
-    i.add_argument("dir", help="shard directory (or tar / brace pattern)")
+    i.add_argument("dir", help="shard directory, tar, brace pattern or URL (https://, pipe:, s3://)")
+    _add_caption_format(i)
     i.add_argument("--contact-sheet", default=None, help="write a PNG grid of samples with captions here")
     i.add_argument("-n", type=int, default=16, help="samples on the contact sheet")
     i.add_argument("--json", action="store_true", help="print the statistics as JSON")
     i.set_defaults(func=_cmd_shards_inspect)
+
+    t = shards.add_parser("translate", help="add machine-translated captions (MarianMT, M2M100, NLLB); resumable")
+    t.add_argument("--shards", required=True, help="source shard directory (or tar / brace pattern)")
+    t.add_argument("--out", required=True, help="output shard directory (same shard names, captions added)")
+    t.add_argument("--model", required=True, help="translation model: a local directory, or a hub name when online")
+    t.add_argument("--langs", required=True, help="comma-separated target languages, e.g. zh,ja (or zh=zho_Hant)")
+    t.add_argument("--source-lang", default="en", help="caption language to translate from (default en)")
+    t.add_argument("--batch-size", type=int, default=32, help="captions per generate call")
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    t.add_argument("--max-new-tokens", type=int, default=256, help="longest translation in tokens")
+    t.add_argument("--num-beams", type=int, default=1, help="beam search width (1 = greedy)")
+    t.set_defaults(func=_cmd_shards_translate)
 
 
 def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tokenizer", help="multilingual tokenizers")
     tok = p.add_subparsers(dest="tokenizer_command", required=True, metavar="{train}")
     t = tok.add_parser("train", help="train a multilingual tokenizer on the captions of shards")
-    t.add_argument("--shards", required=True, help="shard directory (or tar / brace pattern)")
+    t.add_argument("--shards", required=True, help="shard directory, tar, brace pattern or URL")
     t.add_argument("--vocab-size", type=int, required=True)
+    _add_caption_format(t)
     t.add_argument("--out", required=True, help="output directory for tokenizer.json")
     t.add_argument("--algorithm", choices=["unigram", "bpe"], default="unigram")
     t.add_argument("--langs", default=None, help="comma-separated languages to train on (default: all)")
@@ -329,14 +382,14 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
             help="a student checkpoint or run dir, a teacher spec (openclip:..., hf:...) or a bundle dir "
             "(BUNDLE@int8 for its int8 models); repeat to compare",
         )
-        t.add_argument("--dataset", required=True, help="clip_benchmark WDS directory or ImageFolder")
+        t.add_argument("--dataset", required=True, help="clip_benchmark WDS directory or URL, or ImageFolder")
         t.add_argument("--langs", default=None, help="comma-separated languages (default: all the dataset has)")
         t.add_argument("--out", required=True, help="report directory (report.json, report.md, charts)")
         t.add_argument("--names", default=None, help="comma-separated labels for the models in the report")
         t.add_argument("--teacher-text", default=None, help="multilingual text teacher for teacher specs (mclip:DIR)")
         t.add_argument("--batch-size", type=int, default=64)
         t.add_argument("--max-samples", type=int, default=None)
-        t.add_argument("--device", default="cpu")
+        t.add_argument("--device", default="cpu", help="cpu, cuda or auto (under torchrun: each rank's own GPU)")
         t.set_defaults(func=_cmd_eval)
 
 

@@ -235,3 +235,22 @@ def test_cache_teacher_reads_http_writes_fsspec_and_stage1_trains_from_both(
     named = [url for r in records for url in r.get("unreadable_shards", [])]
     assert f"{srv.url}/train/shard-000001.tar" in named
     assert sum(r["skipped_samples"] for r in records) >= 1
+
+
+@pytest.mark.slow
+def test_eval_reads_a_remote_clip_benchmark_set_like_the_local_one(toy_world, saved_teacher_spec, tmp_path, capsys):
+    srv = ShardServer(toy_world)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        reports = {}
+        for name, dataset in {"local": toy_world / "eval" / "shapes", "http": f"{srv.url}/eval/shapes"}.items():
+            args = ["eval", "zeroshot", "--model", saved_teacher_spec, "--dataset", str(dataset)]
+            assert main([*args, "--langs", "en,zh", "--out", str(tmp_path / name), "--batch-size", "32"]) == 0
+            reports[name] = json.loads((tmp_path / name / "report.json").read_text())
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    capsys.readouterr()
+    assert reports["http"]["results"] == reports["local"]["results"]
+    assert reports["http"]["dataset"]["path"] == f"{srv.url}/eval/shapes"
+    assert reports["http"]["dataset"]["samples"] == reports["local"]["dataset"]["samples"] == 90

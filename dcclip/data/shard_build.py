@@ -21,12 +21,19 @@ from typing import Any, TypeVar
 from PIL import Image, ImageOps
 
 from dcclip.data.shards import (
+    IMAGE_EXTENSIONS,
     MANIFEST_NAME,
+    CaptionFormat,
     ShardError,
     ShardSetWriter,
+    image_field,
+    iter_tar_samples,
+    parse_meta,
     progress_bar,
     safe_key,
+    shard_paths,
 )
+from dcclip.data.sources import describe, shard_name
 from dcclip.runtime.preprocess import ImageDecodeError, check_geometry, to_rgb
 
 log = logging.getLogger(__name__)
@@ -35,7 +42,7 @@ log = logging.getLogger(__name__)
 SOURCE_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 CAPTION_EXTENSIONS = ("json", "txt")
 
-SOURCE_KINDS = ("folder", "csv", "jsonl")
+SOURCE_KINDS = ("folder", "csv", "jsonl", "wds")
 # Stored image formats and their field names; anything else PIL can decode is re-encoded as JPEG.
 _FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 _ENCODE_ARGS: dict[str, dict[str, Any]] = {"JPEG": {"quality": 90}, "PNG": {}, "WEBP": {"quality": 90}}
@@ -68,11 +75,13 @@ class _Candidate:
     captions: dict[str, str] = field(default_factory=dict)
     source_lang: str = "en"
     problem: _Skip | None = None
+    image_bytes: bytes | None = None  # a WebDataset source carries the encoded image itself
+    source_meta: dict[str, Any] | None = None  # the source sample's own metadata (url, size, ...), kept as is
 
 
 def build_shards(
     source_kind: str,
-    src: Path,
+    src: Path | str,
     out_dir: Path,
     max_count: int = 1000,
     max_size_mb: float = 256.0,
@@ -81,20 +90,30 @@ def build_shards(
     langs: Sequence[str] | None = None,
     image_column: str = "image",
     progress: bool = True,
+    lang_field: str = "",
 ) -> dict:
-    """Write WebDataset shards from a folder, CSV or JSONL of image-caption pairs; returns the manifest.
+    """Write dcclip shards from a folder, CSV or JSONL of image-caption pairs, or any WebDataset; returns the manifest.
 
     Unusable samples (missing or undecodable image, no caption in ``source_lang``, bad text, duplicate key) are listed
-    in the manifest's ``skipped`` with a reason; ``max_side`` shrinks larger images (aspect kept) to save space.
+    in the manifest's ``skipped`` with a reason; ``max_side`` shrinks larger images (aspect kept) to save space. A
+    WebDataset source (``wds``: any shard source, local or remote) keeps dcclip captions as they are and reads a
+    ``.txt`` caption as ``source_lang``, or as the language its ``.json`` field ``lang_field`` names.
     """
-    src, out_dir = Path(src), Path(out_dir)
-    _check_source(source_kind, src)
+    out_dir = Path(out_dir)
+    if source_kind != "wds":
+        src = Path(src)
+        _check_source(source_kind, src)
     if max_side is not None and max_side < 1:
         raise ValueError(f"max_side must be >= 1, got {max_side}")
-    total, candidates = _read_source(source_kind, src, source_lang, langs, image_column)
+    if source_kind == "wds":
+        total, candidates = None, _wds_candidates(str(src), CaptionFormat(source_lang, lang_field), langs)
+    else:
+        total, candidates = _read_source(source_kind, Path(src), source_lang, langs, image_column)
     categories: Counter = Counter()
     accepted: dict[str, str] = {}
-    extra = {"source": str(src), "source_kind": source_kind, "max_side": max_side}
+    extra = {"source": describe(src), "source_kind": source_kind, "max_side": max_side}
+    if source_kind == "wds":
+        extra["caption_format"] = {"txt_lang": source_lang, "lang_field": lang_field}
     with ShardSetWriter(out_dir, max_count=max_count, max_size_mb=max_size_mb) as writer:
         for candidate in progress_bar(candidates, total, progress, "shards build"):
             _build_one(writer, candidate, max_side, accepted, categories)
@@ -149,12 +168,18 @@ def _build_one(
         _check_captions(cand)
         if key in accepted:
             raise _Skip("duplicate key", f"{key!r} is already used by {accepted[key]}; give each sample its own key")
-        ext, data = _prepare_image(cand.image, max_side)
+        if cand.image_bytes is not None:
+            ext, data = _prepare_image_bytes(cand.image_bytes, cand.source, max_side)
+        else:
+            ext, data = _prepare_image(cand.image, max_side)
     except _Skip as skip:
         writer.skip(key, cand.source, skip.reason)
         categories[skip.category] += 1
         return
-    writer.add(key, {ext: data}, {"captions": cand.captions, "source_lang": cand.source_lang})
+    meta: dict[str, Any] = {"captions": cand.captions, "source_lang": cand.source_lang}
+    if cand.source_meta:
+        meta["source_meta"] = cand.source_meta
+    writer.add(key, {ext: data}, meta)
     accepted[key] = cand.source
 
 
@@ -190,8 +215,13 @@ def _prepare_image(path: Path | None, max_side: int | None = None) -> tuple[str,
         data = path.read_bytes()
     except OSError as exc:
         raise _Skip("unreadable image", f"cannot read {path} ({exc})") from exc
+    return _prepare_image_bytes(data, str(path), max_side)
+
+
+def _prepare_image_bytes(data: bytes, origin: str, max_side: int | None) -> tuple[str, bytes]:
+    """Field name and bytes to store for encoded image bytes (see ``_prepare_image``); ``origin`` names them."""
     if not data:
-        raise _Skip("empty image", f"image file {path} is empty (0 bytes)")
+        raise _Skip("empty image", f"image {origin} is empty (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as img:
             check_geometry(img.width, img.height)
@@ -202,9 +232,9 @@ def _prepare_image(path: Path | None, max_side: int | None = None) -> tuple[str,
             if fmt not in _FORMAT_EXT:
                 return "jpg", _encode(to_rgb(img), "JPEG")
     except ImageDecodeError as exc:
-        raise _Skip("refused image", f"{path}: {exc}") from exc
+        raise _Skip("refused image", f"{origin}: {exc}") from exc
     except Exception as exc:  # PIL raises many types for bad files (OSError, SyntaxError, ValueError, bomb errors)
-        raise _Skip("unreadable image", f"{path} does not decode ({type(exc).__name__}: {exc})") from exc
+        raise _Skip("unreadable image", f"{origin} does not decode ({type(exc).__name__}: {exc})") from exc
     return _FORMAT_EXT[fmt], data
 
 
@@ -496,3 +526,41 @@ def _row_captions(
     row_lang = cells.get("source_lang")
     row_lang = row_lang.strip() if isinstance(row_lang, str) and row_lang.strip() else source_lang
     return _clean_captions({lang: cells.get(lang) for lang in columns}, "row"), row_lang
+
+
+# ---------------------------------------------------------------------------------------------- WebDataset sources
+
+
+def _wds_candidates(source: str, fmt: CaptionFormat, langs: Sequence[str] | None) -> Iterator[_Candidate]:
+    """Candidates from any WebDataset (img2dataset output, another tool's shards, dcclip's own), shard by shard.
+
+    A shard that cannot be read to its end keeps the samples read before the break; the break is a skip naming it.
+    """
+    wanted = set(langs) if langs else None
+    for url in shard_paths(source):
+        try:
+            for sample in iter_tar_samples(url):
+                yield _wds_candidate(sample, fmt, wanted, f"{describe(url)}#{sample['__key__']}")
+        except ShardError as exc:
+            yield _Candidate(key=shard_name(url), source=describe(url), problem=_Skip("unreadable shard", str(exc)))
+
+
+def _wds_candidate(sample: dict[str, Any], fmt: CaptionFormat, wanted: set[str] | None, origin: str) -> _Candidate:
+    """One WebDataset sample as a candidate: its image bytes, its captions (in the wanted languages), its metadata."""
+    cand = _Candidate(key=sample["__key__"], source=origin)
+    ext = image_field(sample)
+    if ext is None:
+        cand.problem = _Skip("missing image", f"no image field ({', '.join(IMAGE_EXTENSIONS)})")
+        return cand
+    cand.image_bytes = sample[ext]
+    try:
+        meta = parse_meta(sample, fmt)
+    except ShardError as exc:
+        category = "unknown language" if "language code" in str(exc) else "no caption"
+        cand.problem = _Skip(category, str(exc).removeprefix(f"sample {cand.key}: "))
+        return cand
+    captions = {lang: text for lang, text in meta["captions"].items() if wanted is None or lang in wanted}
+    cand.captions = _clean_captions(captions, origin) if captions else {}
+    cand.source_lang = meta.get("source_lang") or next(iter(meta["captions"]))
+    cand.source_meta = {k: v for k, v in meta.items() if k not in ("captions", "source_lang", "source_meta")} or None
+    return cand

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from dcclip.data.shards import (
+    DCCLIP_CAPTIONS,
+    CaptionFormat,
     ShardError,
     image_field,
     iter_tar_samples,
@@ -65,11 +67,11 @@ class _Stats:
     formats: Counter = field(default_factory=Counter)
     unreadable: int = 0
 
-    def add(self, sample: dict[str, Any]) -> None:
+    def add(self, sample: dict[str, Any], fmt: CaptionFormat = DCCLIP_CAPTIONS) -> None:
         """Count one raw sample: image size and format, then each caption's language and length."""
         self._add_image(sample)
         try:
-            captions = parse_meta(sample)["captions"]
+            captions = parse_meta(sample, fmt)["captions"]
         except ShardError:
             self.unreadable += 1
             return
@@ -96,7 +98,13 @@ def _language_base(lang: str) -> str:
     return re.split(r"[-_]", lang, maxsplit=1)[0].lower()
 
 
-def inspect_shards(source: str | Path, contact_sheet: Path | None = None, n: int = 16, seed: int = 0) -> dict:
+def inspect_shards(
+    source: str | Path,
+    contact_sheet: Path | None = None,
+    n: int = 16,
+    seed: int = 0,
+    fmt: CaptionFormat = DCCLIP_CAPTIONS,
+) -> dict:
     """Statistics of a shard set (counts, languages, caption lengths, image sizes and formats); optional contact sheet.
 
     The sheet shows ``n`` samples drawn by reservoir sampling with ``seed``, so the same set and seed give the same
@@ -109,14 +117,14 @@ def inspect_shards(source: str | Path, contact_sheet: Path | None = None, n: int
     for path in paths:
         try:
             for sample in iter_tar_samples(path):
-                stats.add(sample)
+                stats.add(sample, fmt)
                 _reservoir(picks, (seen, sample), n, rng, seen)
                 seen += 1
         except (ShardError, OSError) as exc:
             errors.append(str(exc))
     result = _stats_dict(source, paths, seen, stats, errors)
     if contact_sheet is not None:
-        render_contact_sheet([s for _, s in sorted(picks, key=lambda p: p[0])], Path(contact_sheet))
+        render_contact_sheet([s for _, s in sorted(picks, key=lambda p: p[0])], Path(contact_sheet), fmt)
         result["contact_sheet"] = str(contact_sheet)
     return result
 
@@ -204,7 +212,7 @@ _SHEET_LANGS = 3  # languages shown per sample
 _LINES_PER_LANG = 3
 
 
-def render_contact_sheet(samples: Sequence[dict[str, Any]], path: Path) -> Path:
+def render_contact_sheet(samples: Sequence[dict[str, Any]], path: Path, fmt: CaptionFormat = DCCLIP_CAPTIONS) -> Path:
     """Draw raw samples as a grid of thumbnails with key and a few wrapped captions; written atomically as PNG."""
     font = _load_font(_FONT_SIZE)
     cols = max(1, math.ceil(math.sqrt(len(samples))))
@@ -216,7 +224,7 @@ def render_contact_sheet(samples: Sequence[dict[str, Any]], path: Path) -> Path:
     for i, sample in enumerate(samples):
         x, y = (i % cols) * cell_w + _PAD, (i // cols) * cell_h + _PAD
         _draw_thumb(sheet, draw, sample, x, y, font)
-        for j, line in enumerate(_caption_lines(sample, font, _THUMB)):
+        for j, line in enumerate(_caption_lines(sample, font, _THUMB, fmt)):
             _draw_text(draw, (x, y + _THUMB + 4 + j * _LINE), line, font)
     with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")
@@ -244,11 +252,11 @@ def _draw_thumb(sheet: Image.Image, draw: ImageDraw.ImageDraw, sample: dict, x: 
     sheet.paste(thumb, (x + (_THUMB - thumb.width) // 2, y + (_THUMB - thumb.height) // 2))
 
 
-def _caption_lines(sample: dict[str, Any], font: Any, width: int) -> list[str]:
+def _caption_lines(sample: dict[str, Any], font: Any, width: int, fmt: CaptionFormat) -> list[str]:
     """Key line, then up to three languages (source first), each wrapped to a few lines."""
     lines = [sample.get("__key__", "?")]
     try:
-        meta = parse_meta(sample)
+        meta = parse_meta(sample, fmt)
     except ShardError:
         return [*lines, "(unreadable captions)"]
     captions, source = meta["captions"], meta.get("source_lang")

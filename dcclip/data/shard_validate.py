@@ -10,16 +10,19 @@ from typing import Any
 from PIL import Image
 
 from dcclip.data.shards import (
+    DCCLIP_CAPTIONS,
     IMAGE_EXTENSIONS,
-    MANIFEST_NAME,
+    CaptionFormat,
     ShardError,
     image_field,
     iter_tar_samples,
     parse_meta,
     progress_bar,
     read_manifest,
+    set_directories,
     shard_paths,
 )
+from dcclip.data.sources import is_local, local_path, shard_name
 
 
 @dataclass(frozen=True)
@@ -58,15 +61,17 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def validate_shards(source: str | Path, progress: bool = True) -> ValidationReport:
+def validate_shards(
+    source: str | Path, progress: bool = True, fmt: CaptionFormat = DCCLIP_CAPTIONS
+) -> ValidationReport:
     """Decode every image, parse every caption and read every tar to its end; report each problem with shard and key."""
     report = ValidationReport()
     expected = _manifest_counts(source)
     seen: dict[str, str] = {}
     for path in progress_bar(shard_paths(source), None, progress, "shards validate"):
         report.shards += 1
-        count = _validate_shard(path, report, seen)
-        name = Path(path).name
+        count = _validate_shard(path, report, seen, fmt)
+        name = shard_name(path)
         if count is not None and name in expected and expected[name] != count:
             report.problems.append(Problem(path, "-", f"manifest lists {expected[name]} samples, shard has {count}"))
     return report
@@ -74,15 +79,15 @@ def validate_shards(source: str | Path, progress: bool = True) -> ValidationRepo
 
 def _manifest_counts(source: str | Path) -> dict[str, int]:
     """Samples per shard name as the manifest records them, when the source is a shard-set directory with one."""
-    path = Path(str(source))
-    if "::" in str(source) or not (path / MANIFEST_NAME).is_file():
+    folders = set_directories(source)
+    if "::" in str(source) or not folders:
         return {}
-    return {s["name"]: s["samples"] for s in read_manifest(path)["shards"]}
+    return {s["name"]: s["samples"] for s in read_manifest(folders[0])["shards"]}
 
 
-def _validate_shard(path: str, report: ValidationReport, seen: dict[str, str]) -> int | None:
+def _validate_shard(path: str, report: ValidationReport, seen: dict[str, str], fmt: CaptionFormat) -> int | None:
     """Check one shard's samples into ``report``; returns how many it held, None when it could not be opened."""
-    if "://" not in path and not Path(path).is_file():
+    if is_local(path) and not local_path(path).is_file():
         report.problems.append(Problem(path, "-", "shard file not found"))
         return None
     count = 0
@@ -94,13 +99,13 @@ def _validate_shard(path: str, report: ValidationReport, seen: dict[str, str]) -
             if key in seen:
                 report.problems.append(Problem(path, key, f"duplicate key (also in {seen[key]})"))
             seen.setdefault(key, path)
-            report.problems.extend(Problem(path, key, reason) for reason in sample_problems(sample))
+            report.problems.extend(Problem(path, key, reason) for reason in sample_problems(sample, fmt))
     except (ShardError, OSError) as exc:
         report.problems.append(Problem(path, "-", str(exc).removeprefix(f"{path}: ")))
     return count
 
 
-def sample_problems(sample: dict[str, Any]) -> list[str]:
+def sample_problems(sample: dict[str, Any], fmt: CaptionFormat = DCCLIP_CAPTIONS) -> list[str]:
     """Everything wrong with one raw sample: image that does not decode, bad captions, unreadable ``.npy`` fields."""
     problems = []
     ext = image_field(sample)
@@ -109,7 +114,7 @@ def sample_problems(sample: dict[str, Any]) -> list[str]:
     else:
         problems.extend(_image_problem(sample[ext], ext))
     try:
-        parse_meta(sample)
+        parse_meta(sample, fmt)
     except ShardError as exc:
         problems.append(str(exc).removeprefix(f"sample {sample.get('__key__', '?')}: "))
     problems.extend(_npy_problems(sample))

@@ -103,10 +103,11 @@ def open_stream(url: str | Path, options: RemoteOptions | None = None) -> IO[byt
 def curl_command(url: str, options: RemoteOptions) -> str:
     """The curl command that streams ``url`` to stdout: fails on HTTP errors, gives up on no connection or a stall.
 
-    curl's own retries stay off: the reader retries the whole shard and skips samples it already produced.
+    curl's own retries stay off: the reader retries the whole shard and skips samples it already produced. curl stays
+    silent (a reader that stops early closes the pipe on purpose); its exit status is put in words instead.
     """
     seconds = str(max(1, round(options.timeout_s)))
-    args = ["curl", "--fail", "--silent", "--show-error", "--location", "--connect-timeout", seconds]
+    args = ["curl", "--fail", "--silent", "--location", "--connect-timeout", seconds]
     args += ["--speed-limit", "1", "--speed-time", seconds, "--", url]
     return shlex.join(args)
 
