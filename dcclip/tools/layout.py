@@ -19,7 +19,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("__init__", "configs", "io", "runtime"),
     ("config", "checkpoint"),
     ("data",),
-    ("models", "losses"),
+    ("models", "losses", "search"),
     ("engine",),
     ("eval",),
     ("export", "stages"),
@@ -29,8 +29,8 @@ FLOORS: tuple[tuple[str, ...], ...] = (
 )
 FLOOR = {room: level for level, rooms in enumerate(FLOORS) for room in rooms}
 ROOM_NAMES = frozenset(FLOOR) - {"__init__"}
-# Third-party packages a room must never import (the runtime and the server run where torch is not installed).
-FORBIDDEN = {"runtime": ("torch", "torchvision", "timm", "open_clip"), "serve": ("torch",)}
+# Third-party packages a room must never import (the runtime, index building and the server run without torch).
+FORBIDDEN = {"runtime": ("torch", "torchvision", "timm", "open_clip"), "search": ("torch",), "serve": ("torch",)}
 # Source folders of the installed package: import prefix -> folder relative to the repository root.
 SOURCES = {"dcclip": "dcclip", "dcclip.stages": "stages", "dcclip.export": "export", "dcclip.configs": "configs"}
 
