@@ -2,16 +2,17 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dcclip-installed
+BROWSER_STAMP := $(VENV)/.dcclip-browser-installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test test-browser browser-tools lint demo bench clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[train,serve,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[train,serve,dev,index]'
 	touch $(STAMP)
 
 lint: $(STAMP)
@@ -20,6 +21,24 @@ lint: $(STAMP)
 
 test: lint
 	$(VENV)/bin/pytest -q
+
+# The web page in a real headless Chromium against a real `dcclip serve` on loopback. Debian's chromium and
+# chromium-driver come from apt when missing (plus a CJK font for the screenshot); selenium drives them by path, so
+# nothing downloads a browser at run time. Writes docs/ui.png.
+test-browser: $(BROWSER_STAMP) browser-tools
+	$(VENV)/bin/pytest -q tests/browser
+
+browser-tools:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
+	    || ! fc-list :lang=zh 2>/dev/null | grep -q .; then \
+	  SUDO=$$(test "$$(id -u)" -eq 0 || echo sudo); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends \
+	    chromium chromium-driver fonts-wqy-microhei; \
+	fi
+
+$(BROWSER_STAMP): $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[train,serve,dev,index,browser]'
+	touch $(BROWSER_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/dcclip demo --out runs/demo

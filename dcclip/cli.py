@@ -228,6 +228,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         threads=args.threads,
         read_timeout=args.read_timeout,
         max_connections=args.max_connections,
+        ui=not args.no_ui,
+        index=Path(args.index) if args.index else None,
     )
     return 0
 
@@ -241,6 +243,44 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     given = {name: getattr(args, name) for name in knobs if getattr(args, name) is not None}
     settings = DemoSettings(out=Path(args.out), **given)
     return main_entry(settings, fresh=args.fresh)
+
+
+def _cmd_index_build(args: argparse.Namespace) -> int:
+    from dcclip.search import build_index
+
+    summary = build_index(
+        args.bundle, args.images, args.out, args.precision, args.batch_size, progress=not args.no_progress, ann=args.ann
+    )
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _cmd_index_add(args: argparse.Namespace) -> int:
+    from dcclip.search import add_to_index
+
+    ann = True if args.ann else False if args.no_ann else None
+    summary = add_to_index(
+        args.index, args.images, args.bundle, batch_size=args.batch_size, progress=not args.no_progress, ann=ann
+    )
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from dcclip.search import search_index
+
+    hits = search_index(
+        args.index, args.text, args.lang, args.k, args.bundle, args.templates, exact=args.exact, threads=args.threads
+    )
+    if args.json:
+        print(json.dumps([asdict(hit) for hit in hits], indent=2, ensure_ascii=False))
+        return 0
+    print(f"{'rank':>4}  {'score':>7}  {'id':>7}  source")
+    for rank, hit in enumerate(hits, 1):
+        print(f"{rank:>4}  {hit.score:7.4f}  {hit.id:>7}  {hit.source}")
+    return 0
 
 
 def _split_list(text: str | None) -> list[str] | None:
@@ -424,7 +464,7 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--json", action="store_true", help="print JSON")
     c.set_defaults(func=_cmd_classify)
 
-    s = sub.add_parser("serve", help="HTTP zero-shot classification and embedding API over a bundle")
+    s = sub.add_parser("serve", help="HTTP zero-shot classification, embedding and search API (and web page)")
     s.add_argument("--bundle", required=True)
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
@@ -435,6 +475,8 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
         "--read-timeout", type=float, default=15.0, help="seconds a client may stall mid-request before it is closed"
     )
     s.add_argument("--max-connections", type=int, default=512, help="open connections before the server answers 503")
+    s.add_argument("--index", default=None, help="image index for POST /v1/search (built from the same bundle)")
+    s.add_argument("--no-ui", action="store_true", help="do not serve the web page at / (the API only)")
     s.set_defaults(func=_cmd_serve)
 
 
@@ -451,6 +493,51 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_cmd_demo)
 
 
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="an image index for text search: build it from images or shards, add to it")
+    index = p.add_subparsers(dest="index_command", required=True, metavar="{build,add}")
+    b = index.add_parser("build", help="embed every image of a folder or shard source (resumable; no torch needed)")
+    b.add_argument("--bundle", required=True)
+    b.add_argument("--images", required=True, help="a folder of images (recursive) or a shard source (dir, tar, URL)")
+    b.add_argument("--out", required=True, help="index directory to write (run again to resume a killed build)")
+    b.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    b.add_argument("--ann", action="store_true", help="also build an approximate index (pip install 'dcclip[index]')")
+    _add_index_run_arguments(b)
+    b.set_defaults(func=_cmd_index_build)
+
+    a = index.add_parser("add", help="append images not yet in the index (ids of the others never change)")
+    a.add_argument("--index", required=True)
+    a.add_argument("--images", required=True, help="a folder of images (recursive) or a shard source")
+    a.add_argument("--bundle", default=None, help="default: the bundle the index was built with")
+    ann = a.add_mutually_exclusive_group()
+    ann.add_argument("--ann", action="store_true", help="build the approximate index (default: keep what there is)")
+    ann.add_argument("--no-ann", action="store_true", help="drop the approximate index")
+    _add_index_run_arguments(a)
+    a.set_defaults(func=_cmd_index_add)
+
+    s = sub.add_parser("search", help="the images of an index nearest to a text, in any of the bundle's languages")
+    s.add_argument("--index", required=True)
+    s.add_argument("text", help='what to look for, e.g. "红色的圆"')
+    s.add_argument("--lang", default="en", help="language of the text")
+    s.add_argument("-k", type=int, default=10, help="number of images")
+    s.add_argument("--bundle", default=None, help="default: the bundle the index was built with")
+    s.add_argument(
+        "--templates",
+        action="append",
+        default=None,
+        help='a prompt template holding {c} (repeat for several; "default": the language\'s built-in ones)',
+    )
+    s.add_argument("--exact", action="store_true", help="exact search in numpy even when the index has an ANN")
+    s.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=_cmd_search)
+
+
+def _add_index_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=int, default=32, help="images per image-tower run")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_world,
     _add_shards,
@@ -460,6 +547,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_stages,
     _add_eval,
     _add_deploy,
+    _add_search,
     _add_demo,
 ]
 

@@ -20,6 +20,7 @@ COMMANDS = [
     ["shards", "build"],
     ["shards", "validate"],
     ["shards", "inspect"],
+    ["shards", "translate"],
     ["tokenizer", "train"],
     ["models", "list"],
     ["teacher", "train-demo"],
@@ -33,6 +34,10 @@ COMMANDS = [
     ["export"],
     ["classify"],
     ["serve"],
+    ["index"],
+    ["index", "build"],
+    ["index", "add"],
+    ["search"],
     ["demo"],
 ]
 

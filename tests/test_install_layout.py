@@ -23,6 +23,8 @@ def test_pip_install_puts_only_dcclip_at_top_level(tmp_path):
         assert (package / sub / "__init__.py").is_file(), sub
     assert list((package / "configs" / "models").glob("*/*.json")), "model JSONs must ship with the package"
     assert list((package / "configs").glob("*.yaml")), "run configs must ship with the package"
+    for name in ("index.html", "app.js", "style.css"):
+        assert (package / "serve" / "static" / name).is_file(), f"the web page's {name} must ship with the package"
     probe = "import dcclip.stages, dcclip.export, dcclip.configs as c; print(c.MODEL_CONFIG_DIR)"
     out = subprocess.run(
         [sys.executable, "-c", probe], env={"PYTHONPATH": str(target)}, cwd=tmp_path, capture_output=True, text=True

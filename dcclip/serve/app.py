@@ -1,7 +1,9 @@
-"""The FastAPI application: zero-shot classification and embeddings over one bundle, with limits and JSON errors.
+"""The FastAPI application: zero-shot classification, embeddings and image search over one bundle, with limits and
+JSON errors, plus the web page at ``/``.
 
-``create_app`` loads the bundle once (failing at start-up, not at the first request) and wires the middleware, the
-error handlers and the routes; ``app_from_env`` is the factory uvicorn workers import when ``serve`` runs several.
+``create_app`` loads the bundle (and the image index, if any) once, failing at start-up rather than at the first
+request, and wires the middleware, the error handlers and the routes; ``app_from_env`` is the factory uvicorn workers
+import when ``serve`` runs several.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image
 
 from dcclip import __version__
@@ -22,13 +24,27 @@ from dcclip.serve.middleware import BodyLimitMiddleware, ErrorGuardMiddleware
 from dcclip.serve.schemas import (
     ClassifyResponse,
     EmbeddingsResponse,
+    SearchRequest,
+    SearchResponse,
     TextEmbeddingsRequest,
     api_description,
     classify_openapi,
     error_responses,
     image_embeddings_openapi,
 )
+from dcclip.serve.search import (
+    THUMBNAIL_ROUTE,
+    check_search,
+    hit_body,
+    index_info,
+    loaded_index,
+    open_index,
+    run_search,
+    search_k,
+    thumbnail_response,
+)
 from dcclip.serve.service import Service, info_manifest
+from dcclip.serve.ui import router as ui_router
 
 __all__ = ["app_from_env", "create_app"]
 
@@ -112,7 +128,34 @@ async def embed_texts(body: TextEmbeddingsRequest, request: Request) -> JSONResp
     return embeddings_body(await service.run(service.embed_texts, body.texts))
 
 
-@router.get("/v1/info", summary="The bundle's manifest (abridged), the precision in use and the limits")
+@router.post(
+    "/v1/search",
+    dependencies=[Depends(require_json)],
+    responses={200: {"model": SearchResponse}, **error_responses(400, 404, 413, 415, 422)},
+    summary="The images of the loaded index nearest to a text (dcclip serve --index)",
+)
+async def search(body: SearchRequest, request: Request) -> JSONResponse:
+    """JSON ``{"text", "lang", "k", "templates"?}`` -> the k nearest images with scores, best first."""
+    service = get_service(request)
+    index = loaded_index(request)
+    check_search(body, service.limits, service.classifier.languages)
+    k = search_k(body, service.limits)
+    hits = await service.run(run_search, service.classifier.model, index, body, k)
+    return JSONResponse({"lang": body.lang.strip(), "k": k, "hits": [hit_body(hit) for hit in hits]})
+
+
+@router.get(
+    THUMBNAIL_ROUTE,
+    response_class=FileResponse,
+    responses={200: {"content": {"image/jpeg": {}}}, **error_responses(404)},
+    summary="The thumbnail of one image of the index, by its integer id",
+)
+async def index_thumbnail(thumb_id: str, request: Request) -> FileResponse:
+    """Only ids the index knows map to files, and only to files in the index's own thumbs folder."""
+    return thumbnail_response(loaded_index(request), thumb_id)
+
+
+@router.get("/v1/info", summary="The bundle's manifest (abridged), the precision in use, the limits and the index")
 async def info(request: Request) -> dict[str, Any]:
     """What this server runs and what it accepts, so clients can size their requests."""
     service = get_service(request)
@@ -123,6 +166,7 @@ async def info(request: Request) -> dict[str, Any]:
         "languages": service.classifier.languages,
         "limits": service.limits.to_dict(),
         "label_cache": service.classifier.cache.info(),
+        "index": index_info(request.app.state.index),
         "manifest": info_manifest(service.manifest),
     }
 
@@ -134,22 +178,36 @@ async def healthz() -> dict[str, str]:
 
 
 def create_app(
-    bundle: Path, limits: ServeLimits | None = None, precision: str = "fp32", threads: int | None = None
+    bundle: Path,
+    limits: ServeLimits | None = None,
+    precision: str = "fp32",
+    threads: int | None = None,
+    ui: bool = True,
+    index: Path | None = None,
 ) -> FastAPI:
-    """Load ``bundle`` (verified) and build the API over it; ``threads`` sets onnxruntime's intra-op threads."""
+    """Load ``bundle`` (verified) and build the API over it; ``threads`` sets onnxruntime's intra-op threads.
+
+    ``ui`` serves the web page at ``/``; ``index`` loads an image index for /v1/search, refused (SearchIndexError)
+    when it was built from another bundle.
+    """
     limits = limits or ServeLimits()
     # Any Image.open in this process (not only ours) now refuses bombs: PIL errors above twice this many pixels.
     Image.MAX_IMAGE_PIXELS = limits.max_image_pixels
     app = FastAPI(title="dcclip", version=__version__, description=api_description())
     app.state.service = Service(Path(bundle), limits, precision, threads)
+    app.state.index = open_index(Path(index), app.state.service.manifest) if index is not None else None
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_request_bytes)
     app.add_middleware(ErrorGuardMiddleware)  # added last: outermost of ours
     app.include_router(router)
+    if ui:
+        app.include_router(ui_router)
     return app
 
 
 def app_from_env() -> FastAPI:
     """The app described by the DCCLIP_SERVE_* environment variables (uvicorn's factory in worker processes)."""
     settings = ServeSettings.from_env()
-    return create_app(settings.bundle, settings.limits, settings.precision, settings.threads)
+    return create_app(
+        settings.bundle, settings.limits, settings.precision, settings.threads, ui=settings.ui, index=settings.index
+    )

@@ -13,12 +13,23 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ENV_BUNDLE", "ENV_LIMITS", "ENV_PRECISION", "ENV_THREADS", "ServeLimits", "ServeSettings"]
+__all__ = [
+    "ENV_BUNDLE",
+    "ENV_INDEX",
+    "ENV_LIMITS",
+    "ENV_PRECISION",
+    "ENV_THREADS",
+    "ENV_UI",
+    "ServeLimits",
+    "ServeSettings",
+]
 
 ENV_BUNDLE = "DCCLIP_SERVE_BUNDLE"
 ENV_PRECISION = "DCCLIP_SERVE_PRECISION"
 ENV_THREADS = "DCCLIP_SERVE_THREADS"
 ENV_LIMITS = "DCCLIP_SERVE_LIMITS"
+ENV_UI = "DCCLIP_SERVE_UI"
+ENV_INDEX = "DCCLIP_SERVE_INDEX"
 MB = 1024 * 1024
 MAX_DEFAULT_CONCURRENCY = 4
 
@@ -43,6 +54,7 @@ class ServeLimits:
     # and text-tower work of a request whatever mix of many labels, long labels and many templates it uses
     max_prompt_chars: int = 200_000
     max_field_bytes: int = 1 * MB
+    max_search_k: int = 100  # images one /v1/search answer may return
     max_concurrent_inference: int = field(default_factory=default_concurrency)
 
     def __post_init__(self) -> None:
@@ -74,6 +86,8 @@ class ServeSettings:
     limits: ServeLimits
     precision: str = "fp32"
     threads: int | None = None
+    ui: bool = True  # the web page at GET / (dcclip serve --no-ui turns it off)
+    index: Path | None = None  # an image index for /v1/search (dcclip serve --index)
 
     def to_env(self) -> dict[str, str]:
         """Environment variables that ``from_env`` reads back."""
@@ -81,6 +95,8 @@ class ServeSettings:
             ENV_BUNDLE: str(Path(self.bundle).resolve()),
             ENV_PRECISION: self.precision,
             ENV_LIMITS: json.dumps(self.limits.to_dict()),
+            ENV_UI: "1" if self.ui else "0",
+            ENV_INDEX: str(Path(self.index).resolve()) if self.index is not None else "",
         }
         if self.threads is not None:
             env[ENV_THREADS] = str(int(self.threads))
@@ -95,4 +111,12 @@ class ServeSettings:
             raise RuntimeError(f"{ENV_BUNDLE} is not set: start the server with dcclip serve --bundle DIR")
         limits = ServeLimits.from_dict(json.loads(environ[ENV_LIMITS])) if environ.get(ENV_LIMITS) else ServeLimits()
         threads = environ.get(ENV_THREADS)
-        return cls(Path(bundle), limits, environ.get(ENV_PRECISION, "fp32"), int(threads) if threads else None)
+        index = environ.get(ENV_INDEX)
+        return cls(
+            Path(bundle),
+            limits,
+            environ.get(ENV_PRECISION, "fp32"),
+            int(threads) if threads else None,
+            ui=environ.get(ENV_UI, "1") != "0",
+            index=Path(index) if index else None,
+        )

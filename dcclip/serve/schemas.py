@@ -16,6 +16,8 @@ __all__ = [
     "ClassifyResponse",
     "EmbeddingsResponse",
     "ErrorResponse",
+    "SearchRequest",
+    "SearchResponse",
     "TextEmbeddingsRequest",
     "api_description",
     "classify_openapi",
@@ -59,6 +61,33 @@ class EmbeddingsResponse(BaseModel):
     count: int
     dim: int
     embeddings: list[list[float]]
+
+
+class SearchRequest(BaseModel):
+    """Body of POST /v1/search."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(description="what to look for, in any of the bundle's languages")
+    lang: str = Field(default="en", description="language of the text")
+    k: int | None = Field(default=None, ge=1, description="how many images (default 10; at most max_search_k)")
+    templates: list[str] | None = Field(default=None, description="prompt templates holding {c} (optional)")
+
+
+class SearchHitBody(BaseModel):
+    """One image of the index, its similarity to the text and where its thumbnail is served."""
+
+    id: int
+    key: str
+    score: float
+    thumbnail: str
+
+
+class SearchResponse(BaseModel):
+    """Answer of POST /v1/search: the nearest images first."""
+
+    lang: str
+    k: int
+    hits: list[SearchHitBody]
 
 
 class ErrorDetail(BaseModel):
@@ -121,7 +150,7 @@ def api_description() -> str:
     """The API's OpenAPI description: what it does and the catalogue of error codes."""
     rows = "\n".join(f"| `{code}` | {status} | {meaning} |" for code, (status, meaning) in ERROR_CODES.items())
     return (
-        "Zero-shot image classification and embeddings over a dcclip ONNX bundle.\n\n"
+        "Zero-shot image classification, embeddings and text-to-image search over a dcclip ONNX bundle.\n\n"
         'Every error is JSON `{"error": {"code": ..., "message": ...}}`:\n\n'
         "| code | status | meaning |\n|---|---|---|\n" + rows
     )

@@ -28,8 +28,13 @@ def serve(
     threads: int | None = None,
     read_timeout: float = READ_TIMEOUT_S,
     max_connections: int = MAX_CONNECTIONS,
+    ui: bool = True,
+    index: Path | None = None,
 ) -> None:
-    """Serve ``bundle`` over HTTP until interrupted; the bundle is verified before any worker starts.
+    """Serve ``bundle`` over HTTP until interrupted; the bundle (and ``index``) are checked before any worker starts.
+
+    ``ui`` serves the web page at ``/``; ``index`` is an image index for /v1/search, refused here when it was built
+    from another bundle.
 
     Connections: a client that sends nothing for ``read_timeout`` seconds while the server waits on it is closed,
     idle keep-alive connections after ``KEEP_ALIVE_S``; beyond ``max_connections`` open connections (or requests in
@@ -50,14 +55,18 @@ def serve(
 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
-    settings = ServeSettings(Path(bundle), limits or ServeLimits(), precision, threads)
-    verify_bundle(settings.bundle)  # a broken bundle fails here, once, not in every worker
+    settings = ServeSettings(Path(bundle), limits or ServeLimits(), precision, threads, ui=ui, index=index)
+    manifest = verify_bundle(settings.bundle)  # a broken bundle fails here, once, not in every worker
     if workers == 1:
         from dcclip.serve.app import create_app
 
-        app = create_app(settings.bundle, settings.limits, precision, threads)
+        app = create_app(settings.bundle, settings.limits, precision, threads, ui=ui, index=index)
         uvicorn.run(app, host=host, port=port, log_level="info", **connection_options)
         return
+    if index is not None:  # an index of another bundle fails here, once, not in every worker
+        from dcclip.serve.search import open_index
+
+        open_index(Path(index), manifest)
     # Worker processes need an import string: they rebuild the app from the settings exported here.
     os.environ.update(settings.to_env())
     log.info("starting %d workers on %s:%d", workers, host, port)
