@@ -407,3 +407,13 @@ def test_build_with_ann_and_add_keeps_it(bundle, photos, tmp_path, model):
     assert ImageIndex.open(tmp_path / "index").ann_kind == "faiss-ivf"
     add_to_index(tmp_path / "index", more, progress=False, ann=False)
     assert ImageIndex.open(tmp_path / "index").ann_kind is None and not (tmp_path / "index" / "ann.faiss").exists()
+
+
+def test_a_folder_without_images_is_refused_and_its_tars_named(tmp_path):
+    from dcclip.search.build import build_index
+
+    (tmp_path / "set" / "test").mkdir(parents=True)
+    (tmp_path / "set" / "test" / "0.tar").write_bytes(b"")
+    with pytest.raises(SearchIndexError, match=r"no image files .*test/0\.tar"):
+        build_index("unused-bundle", tmp_path / "set", tmp_path / "index")
+    assert not (tmp_path / "index").exists()

@@ -60,7 +60,7 @@ from dcclip.runtime.index import (
     read_jsonl,
 )
 from dcclip.runtime.preprocess import to_rgb
-from dcclip.search.inputs import IndexInput, count_inputs, iter_inputs
+from dcclip.search.inputs import IndexInput, check_source, count_inputs, iter_inputs
 from dcclip.search.query import index_bundle
 
 __all__ = ["PARTS_DIR", "add_to_index", "build_index", "thumbnail_jpeg"]
@@ -134,6 +134,10 @@ def build_index(
         raise SearchIndexError(f"{out}: already holds an image index; add images with `dcclip index add` or pick --out")
     if out.exists() and any(out.iterdir()) and not (out / PARTS_DIR / STATE_FILE).is_file():
         raise SearchIndexError(f"{out}: exists and is neither empty nor an unfinished index; pick another --out")
+    try:
+        check_source(images)
+    except ValueError as exc:
+        raise SearchIndexError(str(exc)) from exc
     if ann:
         import_faiss()  # fail before hours of embedding, not after
     model = BundleModel(bundle, precision, max_batch_size=batch_size)

@@ -16,7 +16,7 @@ from dcclip.data.shard_build import SOURCE_IMAGE_EXTENSIONS
 from dcclip.data.shards import MANIFEST_NAME, ShardError, image_field, iter_tar_samples, shard_paths
 from dcclip.data.sources import is_local, local_path
 
-__all__ = ["IndexInput", "count_inputs", "is_image_folder", "iter_inputs"]
+__all__ = ["IndexInput", "check_source", "count_inputs", "is_image_folder", "iter_inputs"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,16 @@ def shard_inputs(url: str) -> Iterator[IndexInput]:
                 yield IndexInput(key=key, source=f"{url}#{key}", data=sample[field])
     except ShardError as exc:
         yield IndexInput(key="", source=str(url), problem=str(exc))
+
+
+def check_source(images: str | os.PathLike) -> None:
+    """Refuse a folder with no image file in it (an index of nothing is a mistake), naming any tars found below it."""
+    if not is_image_folder(images) or folder_images(local_path(str(images))):
+        return
+    root = local_path(str(images))
+    tars = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.tar"))[:3]
+    hint = f"; it holds tar shards ({', '.join(tars)}): pass those as --images" if tars else ""
+    raise ValueError(f"{root}: no image files ({', '.join(SOURCE_IMAGE_EXTENSIONS)}) in this folder{hint}")
 
 
 def count_inputs(images: str | os.PathLike) -> int | None:
