@@ -69,6 +69,17 @@ def one_torch_thread():
         yield
 
 
+@pytest.fixture(scope="module")
+def restore_pil_pixel_limit():
+    """create_app sets PIL's process-wide bomb limit; a module that builds apps opts in (``pytestmark``) so the other
+    modules see the value they started with."""
+    from PIL import Image
+
+    before = Image.MAX_IMAGE_PIXELS
+    yield
+    Image.MAX_IMAGE_PIXELS = before
+
+
 @pytest.fixture(scope="session")
 def small_shards(tmp_path_factory) -> Path:
     """40 samples in 8 shards of 5, every sample with captions in five scripts."""

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from server_process import free_port
 
 from dcclip import checkpoint as ckpt
 from dcclip.engine.distributed import gather_embeddings
@@ -52,12 +52,6 @@ def _worker(rank: int, port: int, out: str) -> None:
     )
     dist.barrier()  # both ranks finished their collectives before either tears the group down
     dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow

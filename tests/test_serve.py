@@ -27,17 +27,19 @@ import numpy as np
 import pytest
 from conftest import torch_threads
 from PIL import Image
+from server_process import STARTUP_SECONDS, ServerProcess, free_port
 
 from dcclip.runtime.classifier import ZeroShotClassifier
 from dcclip.runtime.errors import BundleError
 from dcclip.serve.errors import ERROR_CODES
 from dcclip.serve.limits import ServeLimits, ServeSettings
 
+pytestmark = pytest.mark.usefixtures("restore_pil_pixel_limit")
+
 LANGS = ["en", "fr", "zh"]
 MB = 1024 * 1024
 LIMITS = ServeLimits(max_request_bytes=2 * MB)  # small enough to test cheaply; everything else at the defaults
 LABELS = "cat,dog,red circle,blue square"
-STARTUP_SECONDS = 60
 TIMEOUT = httpx.Timeout(20.0)
 
 
@@ -65,14 +67,6 @@ def export_tiny_bundle(root: Path) -> Path:
     return root / "bundle"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def restore_pil_pixel_limit() -> Iterator[None]:
-    """create_app sets PIL's process-wide bomb limit; give the other test modules the value they started with."""
-    before = Image.MAX_IMAGE_PIXELS
-    yield
-    Image.MAX_IMAGE_PIXELS = before
-
-
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     return export_tiny_bundle(tmp_path_factory.mktemp("serve"))
@@ -84,13 +78,6 @@ def classifier(bundle) -> ZeroShotClassifier:
     return ZeroShotClassifier.from_bundle(bundle)
 
 
-def free_port() -> int:
-    """A port that was free on the loopback interface a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def rss_kib(pid: int) -> int:
     """Resident set size of a process (Linux /proc)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -99,46 +86,17 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-class Server:
-    """A uvicorn subprocess serving the bundle on 127.0.0.1, stopped by ``close``."""
-
-    def __init__(self, bundle: Path, limits: ServeLimits, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, **ServeSettings(bundle, limits, "fp32", 1).to_env()}
-        command = [sys.executable, "-m", "uvicorn", "dcclip.serve.app:app_from_env", "--factory"]
-        command += ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
-        self.log = log
-        self._log_file = open(log, "wb")  # noqa: SIM115 - closed in close()
-        self.process = subprocess.Popen(command, env=env, stdout=self._log_file, stderr=subprocess.STDOUT)
-
-    def wait_ready(self) -> None:
-        """Poll /healthz (bounded in time) until the server answers."""
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError(f"server not ready after {STARTUP_SECONDS} s:\n{self.log.read_text()}")
-
-    def close(self) -> None:
-        """Stop the server (terminate, then kill if it lingers)."""
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self._log_file.close()
+def uvicorn_server(bundle: Path, limits: ServeLimits, log: Path) -> ServerProcess:
+    """A uvicorn subprocess serving the bundle on 127.0.0.1 through the app factory, as ``dcclip serve`` workers do."""
+    env = {**os.environ, **ServeSettings(bundle, limits, "fp32", 1).to_env()}
+    command = [sys.executable, "-m", "uvicorn", "dcclip.serve.app:app_from_env", "--factory"]
+    return ServerProcess(lambda port: [*command, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                         log, env)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def server(bundle, tmp_path_factory) -> Iterator[Server]:
-    running = Server(bundle, LIMITS, tmp_path_factory.mktemp("serve-log") / "server.log")
+def server(bundle, tmp_path_factory) -> Iterator[ServerProcess]:
+    running = uvicorn_server(bundle, LIMITS, tmp_path_factory.mktemp("serve-log") / "server.log")
     try:
         running.wait_ready()
         yield running

@@ -8,7 +8,6 @@ In-process (FastAPI's TestClient) over a tiny torch-free bundle and an index of 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,22 +16,16 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from serve_bundles import onnx_bundle
 
+from dcclip.runtime import index as index_module
+from dcclip.search import build
 from dcclip.serve.app import create_app
 from dcclip.serve.limits import ServeLimits
 
-index_module = pytest.importorskip("dcclip.runtime.index", reason="the image index (dcclip.runtime.index) is missing")
-build = pytest.importorskip("dcclip.search.build", reason="the index builder (dcclip.search.build) is missing")
+pytestmark = pytest.mark.usefixtures("restore_pil_pixel_limit")
+
 
 IMAGES = 12
 LIMITS = ServeLimits(max_search_k=5, max_templates=2, max_text_chars=40)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def restore_pil_pixel_limit() -> Iterator[None]:
-    """create_app sets PIL's process-wide bomb limit; give the other test modules the value they started with."""
-    before = Image.MAX_IMAGE_PIXELS
-    yield
-    Image.MAX_IMAGE_PIXELS = before
 
 
 @pytest.fixture(scope="module")

@@ -8,28 +8,20 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 from serve_bundles import onnx_bundle
 
 from dcclip.serve.app import create_app
 from dcclip.serve.limits import ServeLimits, ServeSettings
 from dcclip.serve.ui import ASSETS, CONTENT_SECURITY_POLICY, STATIC_DIR
 
+pytestmark = pytest.mark.usefixtures("restore_pil_pixel_limit")
+
 REPO = Path(__file__).resolve().parents[1]
 STATIC_FILES = ("index.html", "app.js", "style.css")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def restore_pil_pixel_limit() -> Iterator[None]:
-    """create_app sets PIL's process-wide bomb limit; give the other test modules the value they started with."""
-    before = Image.MAX_IMAGE_PIXELS
-    yield
-    Image.MAX_IMAGE_PIXELS = before
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,11 @@ from dcclip.runtime.errors import (
     EmptyLabelsError,
     InvalidInputError,
     InvalidLabelError,
-    InvalidTemplateError,
     TooManyLabelsError,
     UnknownLanguageError,
     check_unicode,
 )
-from dcclip.runtime.prompts import PLACEHOLDER, class_embeddings, fill_templates
+from dcclip.runtime.prompts import PLACEHOLDER, checked_templates, class_embeddings, fill_templates
 
 __all__ = ["DEFAULT_TEMPLATES", "LabelCache", "ZeroShotClassifier", "default_templates"]
 
@@ -109,12 +108,14 @@ class ZeroShotClassifier:
     def from_bundle(
         cls,
         path: str | os.PathLike,
-        precision: str = "fp32",
+        precision: str | None = None,
         threads: int | None = None,
         providers: Sequence[str] | None = None,
         **options: Any,
     ) -> ZeroShotClassifier:
-        """Open a bundle (verified) and wrap it; ``threads`` sets onnxruntime's intra-op thread count."""
+        """Open a bundle (verified) and wrap it; ``threads`` sets onnxruntime's intra-op thread count.
+
+        ``precision`` None loads each tower at the manifest's recommended precision (fp32 when it records none)."""
         max_labels = options.pop("max_labels", DEFAULT_MAX_LABELS)
         cache_size = options.pop("cache_size", DEFAULT_CACHE_SIZE)
         model = BundleModel(path, precision, intra_op_num_threads=threads, providers=providers, **options)
@@ -203,15 +204,7 @@ class ZeroShotClassifier:
 
     def _templates(self, lang: str, templates: Sequence[str] | None) -> tuple[str, ...]:
         """The given templates (checked) or the language's defaults, as a hashable tuple."""
-        if templates is None:
-            return default_templates(lang)
-        if isinstance(templates, str) or not isinstance(templates, Sequence) or not templates:
-            raise InvalidTemplateError("templates must be a non-empty list of strings")
-        for index, template in enumerate(templates):
-            if not isinstance(template, str) or PLACEHOLDER not in template:
-                raise InvalidTemplateError(f"templates[{index}] must be a string holding {PLACEHOLDER}: {template!r}")
-            check_unicode(template, f"templates[{index}]", InvalidTemplateError)
-        return tuple(templates)
+        return default_templates(lang) if templates is None else checked_templates(templates)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from dcclip.runtime.bundle import MANIFEST_DIGEST_KEY, BundleModel, manifest_digest
-from dcclip.runtime.errors import InvalidInputError, InvalidTemplateError, InvalidTextError, UnknownLanguageError
+from dcclip.runtime.errors import InvalidInputError, InvalidTextError, UnknownLanguageError
 from dcclip.runtime.errors import check_unicode as _check_unicode
-from dcclip.runtime.prompts import PLACEHOLDER, class_embeddings, fill_templates
+from dcclip.runtime.prompts import PLACEHOLDER, checked_templates, class_embeddings, fill_templates
 
 __all__ = [
     "ANN_FILE",
@@ -413,12 +413,4 @@ def _check_query(model: BundleModel, text: str, lang: str, templates: Sequence[s
     _check_unicode(lang, "lang", UnknownLanguageError)
     if model.languages and lang not in model.languages:
         raise UnknownLanguageError(f"language {lang!r} is not one of this bundle's languages {model.languages}")
-    if templates is None:
-        return (PLACEHOLDER,)
-    if isinstance(templates, str) or not isinstance(templates, Sequence) or not templates:
-        raise InvalidTemplateError("templates must be a non-empty list of strings")
-    for position, template in enumerate(templates):
-        if not isinstance(template, str) or PLACEHOLDER not in template:
-            raise InvalidTemplateError(f"templates[{position}] must be a string holding {PLACEHOLDER}: {template!r}")
-        _check_unicode(template, f"templates[{position}]", InvalidTemplateError)
-    return tuple(templates)
+    return (PLACEHOLDER,) if templates is None else checked_templates(templates)

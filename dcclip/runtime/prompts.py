@@ -10,7 +10,20 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dcclip.runtime.errors import InvalidTemplateError, check_unicode
+
 PLACEHOLDER = "{c}"
+
+
+def checked_templates(templates: object) -> tuple[str, ...]:
+    """A caller's templates as a tuple, each a valid string holding ``{c}``; InvalidTemplateError names the bad one."""
+    if isinstance(templates, str) or not isinstance(templates, Sequence) or not templates:
+        raise InvalidTemplateError("templates must be a non-empty list of strings")
+    for index, template in enumerate(templates):
+        if not isinstance(template, str) or PLACEHOLDER not in template:
+            raise InvalidTemplateError(f"templates[{index}] must be a string holding {PLACEHOLDER}: {template!r}")
+        check_unicode(template, f"templates[{index}]", InvalidTemplateError)
+    return tuple(templates)
 
 
 def fill_templates(classnames: Sequence[str], templates: Sequence[str]) -> list[str]:

@@ -12,11 +12,8 @@ import io
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tarfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,21 +21,14 @@ from pathlib import Path
 import httpx
 import pytest
 from serve_bundles import student_bundle  # tests/ is on sys.path: pytest imported tests/conftest.py from there
+from server_process import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 
 CHROMIUM = os.environ.get("DCCLIP_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("DCCLIP_CHROMEDRIVER", "/usr/bin/chromedriver")
 DESKTOP = (1200, 900)
-STARTUP_SECONDS = 60
 WORLD_SAMPLES = 32
-
-
-def free_port() -> int:
-    """A port that was free on the loopback interface a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -101,18 +91,9 @@ def bundle(tmp_path_factory) -> Path:
     return student_bundle(tmp_path_factory.mktemp("bundle"))
 
 
-def index_modules_present() -> bool:
-    """Whether this checkout has the image index (runtime) and its builder."""
-    import importlib.util
-
-    return all(importlib.util.find_spec(name) for name in ("dcclip.runtime.index", "dcclip.search.build"))
-
-
 @pytest.fixture(scope="session")
-def index(bundle, world, tmp_path_factory) -> Path | None:
-    """An image index of the world's training images, built from the same bundle (None when there is no builder)."""
-    if not index_modules_present():
-        return None
+def index(bundle, world, tmp_path_factory) -> Path:
+    """An image index of the world's training images, built from the same bundle."""
     from dcclip.search.build import build_index
 
     out = tmp_path_factory.mktemp("index") / "index"
@@ -120,45 +101,26 @@ def index(bundle, world, tmp_path_factory) -> Path | None:
     return out
 
 
-class Server:
+def dcclip_server(bundle: Path, index: Path, log: Path) -> ServerProcess:
     """``dcclip serve`` in a subprocess on 127.0.0.1, exactly as a user starts it."""
-
-    def __init__(self, bundle: Path, index: Path | None, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "dcclip", "serve", "--bundle", str(bundle), "--port", str(self.port)]
-        command += ["--threads", "1"] + (["--index", str(index)] if index is not None else [])
-        self.log = log
-        self._log_file = open(log, "wb")  # noqa: SIM115 - closed in close()
-        self.process = subprocess.Popen(command, stdout=self._log_file, stderr=subprocess.STDOUT)
-
-    def wait_ready(self) -> None:
-        """Poll /healthz (bounded in time) until the server answers."""
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError(f"server not ready after {STARTUP_SECONDS} s:\n{self.log.read_text()}")
-
-    def close(self) -> None:
-        """Stop the server (terminate, then kill if it lingers)."""
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self._log_file.close()
+    command = [
+        sys.executable,
+        "-m",
+        "dcclip",
+        "serve",
+        "--bundle",
+        str(bundle),
+        "--threads",
+        "1",
+        "--index",
+        str(index),
+    ]
+    return ServerProcess(lambda port: [*command, "--port", str(port)], log)
 
 
 @pytest.fixture(scope="session")
-def server(bundle, index, tmp_path_factory) -> Iterator[Server]:
-    running = Server(bundle, index, tmp_path_factory.mktemp("server") / "server.log")
+def server(bundle, index, tmp_path_factory) -> Iterator[ServerProcess]:
+    running = dcclip_server(bundle, index, tmp_path_factory.mktemp("server") / "server.log")
     try:
         running.wait_ready()
         yield running

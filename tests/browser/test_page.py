@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import DESKTOP, REPO, World, WorldImage, index_modules_present
+from conftest import DESKTOP, REPO, World, WorldImage
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -222,7 +222,6 @@ def test_nothing_overflows_at_phone_width(driver, server, world, tmp_path):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not index_modules_present(), reason="dcclip.runtime.index / dcclip.search.build not in this tree")
 @pytest.mark.parametrize(("text", "lang"), [("a red circle", "en"), ("一个红色的圆形", "zh")])
 def test_the_search_tab_finds_images_in_two_languages(driver, server, api, text, lang, tmp_path):
     k = 6
