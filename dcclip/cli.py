@@ -181,6 +181,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from dcclip.export.bundle import export_bundle
+    from dcclip.export.precision import TimingPlan, choice_table
 
     manifest = export_bundle(
         Path(args.checkpoint),
@@ -189,10 +190,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
         calib_shards=args.calib_shards,
         eval_set=[Path(p) for p in args.eval_set] if args.eval_set else None,
         min_agreement=args.min_agreement,
+        timing=TimingPlan(batches=tuple(args.time_batch)) if args.time_batch else None,
     )
     print(
         json.dumps({"bundle": args.out, "precisions": manifest["precisions"], "parity": manifest["parity"]}, indent=2)
     )
+    if "precision_choice" in manifest:
+        print(choice_table(manifest["precision_choice"]))
     return 0
 
 
@@ -437,7 +441,19 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("export", help="export a student checkpoint to an ONNX bundle (fp32 and/or int8), validated")
     e.add_argument("--checkpoint", required=True, help="student checkpoint or run directory")
     e.add_argument("--out", required=True, help="bundle directory to write")
-    e.add_argument("--precision", choices=["fp32", "int8", "both"], default="both")
+    e.add_argument(
+        "--precision",
+        choices=["fp32", "int8", "both", "auto"],
+        default="both",
+        help="auto: export both, time them per tower here and record which one the runtime loads by default",
+    )
+    e.add_argument(
+        "--time-batch",
+        type=int,
+        action="append",
+        default=None,
+        help="batch size --precision auto times (repeat for several; default 1 and 32)",
+    )
     e.add_argument("--calib-shards", default=None, help="shards whose images calibrate int8 and check parity")
     e.add_argument(
         "--eval-set",
@@ -459,7 +475,7 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--labels", required=True, help='comma-separated labels, e.g. "猫,狗,鸟"')
     c.add_argument("--lang", default="en", help="language of the labels (picks the prompt templates)")
     c.add_argument("--top-k", type=int, default=5)
-    c.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    c.add_argument("--precision", choices=["fp32", "int8"], default=None, help="default: as the manifest recommends")
     c.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     c.add_argument("--json", action="store_true", help="print JSON")
     c.set_defaults(func=_cmd_classify)
@@ -469,7 +485,7 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--workers", type=int, default=1)
-    s.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
+    s.add_argument("--precision", choices=["fp32", "int8"], default=None, help="default: as the manifest recommends")
     s.add_argument("--threads", type=int, default=None, help="onnxruntime threads per worker (1 is best under load)")
     s.add_argument(
         "--read-timeout", type=float, default=15.0, help="seconds a client may stall mid-request before it is closed"

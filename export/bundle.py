@@ -7,6 +7,10 @@ int8 is decided per tower: a tower ships int8 only when its int8 graph, run besi
 the all-fp32 bundle on at least ``min_agreement`` of the zero-shot top-1 decisions (and the two int8 towers together
 clear it too). A tower that does not ships its fp32 graph as its int8 file, and the manifest (``quantization`` per
 tower, ``parity.int8.towers``) and the log say which, why and with what figure.
+
+``precision="auto"`` writes both precisions, then times fp32 and int8 per tower on this machine (export/precision.py)
+and records per tower the precision the runtime loads by default (``recommended_precision``, ``precision_choice``):
+int8 only where it is faster and agrees.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from .onnx import (
     export_image_tower,
     export_text_tower,
 )
+from .precision import Timer, TimingPlan, decide_precisions, machine_info, onnx_timer, time_towers, timing_feeds
 from .quantize import DEFAULT_CALIB_IMAGES, TowerQuantizer, calibration_images, choose_method
 from .validate import (
     INT8_MIN_AGREEMENT,
@@ -69,7 +74,7 @@ __all__ = ["LOGIT_SCALE_MAX", "PRECISION_CHOICES", "export_bundle"]
 
 log = logging.getLogger(__name__)
 
-PRECISION_CHOICES = ("fp32", "int8", "both")
+PRECISION_CHOICES = ("fp32", "int8", "both", "auto")
 LOGIT_SCALE_MAX = 100.0
 FILES = {("image", "fp32"): "image.onnx", ("text", "fp32"): "text.onnx"}
 FILES |= {("image", "int8"): "image.int8.onnx", ("text", "int8"): "text.int8.onnx"}
@@ -82,6 +87,8 @@ def export_bundle(
     calib_shards: str | None = None,
     eval_set: Path | Sequence[Path] | None = None,
     min_agreement: float | None = None,
+    timing: TimingPlan | None = None,
+    timer: Timer | None = None,
 ) -> dict[str, Any]:
     """Export, validate and (for int8) quantise a student checkpoint into the bundle ``out``; returns its manifest.
 
@@ -89,6 +96,8 @@ def export_bundle(
     ``eval_set`` (clip_benchmark layout, one or several) gives the zero-shot agreement sample. Without them, drawn
     images and built-in captions in ten languages are used, and the manifest says so. ``min_agreement`` (default
     INT8_MIN_AGREEMENT) is the share of top-1 decisions an int8 tower must keep; a tower below it ships fp32.
+    ``precision="auto"`` also times both precisions per tower under ``timing`` (default TimingPlan()) with ``timer``
+    (default: onnxruntime on this machine; tests pass their own) and records which one the runtime should load.
     """
     if precision not in PRECISION_CHOICES:
         raise ValueError(f"precision must be one of {PRECISION_CHOICES}, got {precision!r}")
@@ -97,9 +106,13 @@ def export_bundle(
     out = Path(out)
     _check_replaceable(out)
     loaded = load_student_checkpoint(checkpoint)
-    precisions = ["fp32", "int8"] if precision == "both" else [precision]
+    precisions = ["fp32", "int8"] if precision in ("both", "auto") else [precision]
+    auto = None
+    if precision == "auto":
+        timing = timing or TimingPlan()
+        auto = (timing, timer or onnx_timer(timing))
     with atomic_dir(out) as staging:
-        manifest = _build(loaded, staging, precisions, calib_shards, eval_set_paths(eval_set), min_agreement)
+        manifest = _build(loaded, staging, precisions, calib_shards, eval_set_paths(eval_set), min_agreement, auto)
     log.info("bundle written to %s (%s)", out, ", ".join(precisions))
     return manifest
 
@@ -117,8 +130,9 @@ def _build(
     calib_shards: str | None,
     eval_sets: list[Path],
     min_agreement: float,
+    auto: tuple[TimingPlan, Timer] | None = None,
 ) -> dict[str, Any]:
-    """Every file of the bundle in ``staging``, then its manifest."""
+    """Every file of the bundle in ``staging``, then its manifest (with the measured precision choice if ``auto``)."""
     images = calibration_images(calib_shards, DEFAULT_CALIB_IMAGES) if calib_shards else []
     captions = shard_captions(calib_shards) if calib_shards else []
     max_len = text_max_length(loaded)
@@ -128,11 +142,14 @@ def _build(
         fp32_dir = staging if "fp32" in precisions else Path(work)
         records, parity = _export_fp32(loaded, fp32_dir, max_len, inputs, reference)
         fp32_files = {role: Path(record.path) for role, record in records.items()}
-        quantization = None
+        quantization, timings = None, {}
         if "int8" in precisions:
             # int8 is judged against the fp32 graphs (which match torch by now), with the same embeddings throughout
             fp32 = MemoEncoder(OnnxEncoder(fp32_files["image"], fp32_files["text"]))
-            quantization, towers = _int8(loaded, fp32, fp32_files, staging, Path(work), images, inputs, min_agreement)
+            measure = _timing_hook(loaded, max_len, fp32_files, auto, timings) if auto else None
+            quantization, towers = _int8(
+                loaded, fp32, fp32_files, staging, Path(work), images, inputs, min_agreement, measure
+            )
             candidate = OnnxEncoder(staging / FILES["image", "int8"], staging / FILES["text", "int8"])
             parity["int8"] = measure_parity(fp32, candidate, inputs, tokenizer, max_len, "int8", min_agreement)
             parity["int8"] |= {"reference": "fp32 onnx", "towers": towers}
@@ -141,6 +158,8 @@ def _build(
     manifest = _manifest(loaded, staging, precisions, records, quantization, parity, max_len)
     manifest["files"] = _mark_shipped(manifest["files"], quantization)
     manifest["validation_inputs"] = {"images": inputs.image_source, "captions": "shards" if captions else "built-in"}
+    if auto is not None and quantization is not None:
+        manifest |= _precision_choice(timings, quantization, parity["int8"]["towers"], min_agreement, auto[0])
     manifest = seal_manifest(manifest)
     write_json_atomic(staging / MANIFEST_FILE, manifest)
     return manifest
@@ -240,11 +259,13 @@ def _int8(
     images: list[Image.Image],
     inputs: ValidationInputs,
     min_agreement: float,
+    measure: Callable[[dict[str, Path]], None] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Both int8 towers, each tried under its plans until it agrees with fp32; fp32 ships for a tower that never does.
 
     Returns the per-tower quantisation records (with the decision: requested, shipped, agreement, reason) and the
-    agreement figures for ``parity.int8.towers``.
+    agreement figures for ``parity.int8.towers``. ``measure`` sees the int8 files before any fallback replaces one, so
+    ``--precision auto`` times the real int8 graphs.
     """
     probe = AgreementProbe(fp32, inputs, loaded.tokenizer, text_max_length(loaded))
     quantization, figures, embeddings = {}, {}, {}
@@ -255,6 +276,8 @@ def _int8(
         )
     figures["combined"] = probe.score(embeddings["image"], embeddings["text"])
     reasons = fallback_reasons(figures, min_agreement)
+    if measure is not None:
+        measure({role: staging / FILES[role, "int8"] for role in ("image", "text")})
     towers: dict[str, Any] = {"reference": "fp32 onnx", "source": probe.source, "min_top1_agreement": min_agreement}
     for role in ("image", "text"):
         shipped = "fp32" if role in reasons else "int8"
@@ -267,6 +290,53 @@ def _int8(
     towers["combined_int8"] = figures["combined"]
     towers["shipped_top1_agreement"] = _shipped_agreement(figures, reasons)
     return quantization, towers
+
+
+def _timing_hook(
+    loaded: LoadedStudent,
+    max_len: int,
+    fp32_files: dict[str, Path],
+    auto: tuple[TimingPlan, Timer],
+    timings: dict[str, Any],
+) -> Callable[[dict[str, Path]], None]:
+    """A callback that times fp32 and int8 of both towers at every planned batch into ``timings``."""
+    plan, timer = auto
+    captions = [caption for texts in probe_captions().values() for caption in texts]
+
+    def encode(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        return loaded.tokenizer.encode(texts, max_len)
+
+    feeds = {batch: timing_feeds(loaded.preprocess.image_size, encode, captions, batch) for batch in plan.batches}
+
+    def measure(int8_files: dict[str, Path]) -> None:
+        files = {role: {"fp32": fp32_files[role], "int8": int8_files[role]} for role in ("image", "text")}
+        log.info("timing fp32 and int8 towers at batches %s (%d threads)", list(plan.batches), plan.threads)
+        timings.update(time_towers(files, feeds, timer))
+
+    return measure
+
+
+def _precision_choice(
+    timings: dict[str, Any],
+    quantization: dict[str, dict[str, Any]],
+    towers: dict[str, Any],
+    min_agreement: float,
+    plan: TimingPlan,
+) -> dict[str, Any]:
+    """``precision_choice`` and ``recommended_precision`` for the manifest, logged per tower."""
+    agreements = {}
+    for role in ("image", "text"):
+        own = float(quantization[role]["top1_agreement"])
+        # a tower sent back to fp32 by the pair's figure (its own clears the bar) is judged by the pair's figure
+        paired = quantization[role]["shipped"] == "fp32" and own >= min_agreement
+        agreements[role] = float(towers["combined_int8"]["top1_agreement"]) if paired else own
+    choice = decide_precisions(timings, agreements, min_agreement, plan, machine_info(plan.threads))
+    for role, tower in choice["towers"].items():
+        log.info("%s tower: %s", role, tower["reason"])
+    return {
+        "precision_choice": choice,
+        "recommended_precision": {role: tower["choice"] for role, tower in choice["towers"].items()},
+    }
 
 
 def _quantizer(

@@ -131,7 +131,7 @@ def test_load_model_bundle_dir_uses_the_runtime_or_says_it_is_missing(tmp_path, 
     assert_unit_rows(model.embed_images(images(3)), 3)
     assert_unit_rows(model.embed_texts(["x"]), 1)
     assert load_model(f"{bundle}@int8").name == "bundle@int8"
-    assert opened == [(bundle, "fp32"), (bundle, "int8")]
+    assert opened == [(bundle, None), (bundle, "int8")]  # no precision asked: the manifest decides
 
 
 def test_load_model_errors_say_what_was_expected(tmp_path, student_run):

@@ -167,7 +167,11 @@ class BundleModel:
     """An exported ONNX bundle, loaded by the torch-free runtime, as an EmbeddingModel."""
 
     def __init__(
-        self, path: str | Path, name: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE, precision: str = "fp32"
+        self,
+        path: str | Path,
+        name: str | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        precision: str | None = None,
     ) -> None:
         try:
             from dcclip.runtime.bundle import load_bundle_model
@@ -179,7 +183,7 @@ class BundleModel:
             ) from exc
         self.runtime = load_bundle_model(Path(path), precision)
         self.batch_size = batch_size
-        suffix = "" if precision == "fp32" else f"@{precision}"
+        suffix = "" if precision in (None, "fp32") else f"@{precision}"  # None: the manifest's choice
         self.name = name or default_name(str(path)) + suffix
         self.ref = str(path) + suffix
         self.kind = "bundle"
@@ -240,12 +244,13 @@ def load_model(
     name: str | None = None,
     text_spec: str = "",
     batch_size: int = DEFAULT_BATCH_SIZE,
-    precision: str = "fp32",
+    precision: str | None = None,
 ) -> EmbeddingModel:
     """Load whatever ``ref`` names: a bundle directory, a checkpoint or run directory, or an openclip:/hf: spec.
 
     ``text_spec`` (a teacher's separate text side, e.g. ``mclip:/dir``) applies to teacher specs only. A bundle runs
-    at ``precision``, or at the one named in the reference (``BUNDLE_DIR@int8``), so one run can compare both.
+    at ``precision``, or at the one named in the reference (``BUNDLE_DIR@int8``), so one run can compare both;
+    with neither, each tower runs at the manifest's recommended precision (fp32 when it records none).
     """
     ref_str, ref_precision = _split_precision(str(ref))
     path = Path(ref_str).expanduser()

@@ -8,6 +8,12 @@ Format versions: 1 is the first. 2 adds ``shipped_precision`` to each int8 file 
 graph as its int8 file when int8 changes too many zero-shot decisions, and says so there (``quantization`` and
 ``parity.int8.towers`` give the figures). Everything else is as in 1, so version 1 bundles load unchanged (every file
 computes in the precision it is listed under).
+
+A bundle exported with ``--precision auto`` (still format version 3: the fields are optional and advisory, so an older
+runtime loads it at the precision it is asked for) adds ``recommended_precision`` ({"image": ..., "text": ...}, the
+precision per tower measured fastest on the export machine among those that agree with fp32) and ``precision_choice``
+(the timings, machine and reasons). ``BundleModel`` with no precision loads each tower at its recommended precision;
+without the field it loads fp32, as before. An explicit precision always wins.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ __all__ = [
     "bundle_file",
     "load_bundle_model",
     "read_manifest",
+    "recommended_precision",
     "sha256_file",
     "shipped_precision",
     "verify_bundle",
@@ -70,6 +77,8 @@ TEXT_INPUTS, TEXT_OUTPUT = ("input_ids", "attention_mask"), "text_embeds"
 DEFAULT_MAX_BATCH = 32
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000  # refuse decompression bombs from the header
 REQUIRED_KEYS = ("embed_dim", "image_preprocess", "text_max_length", "precisions", "files")
+ROLES = ("image", "text")
+RECOMMENDED_KEY, CHOICE_KEY = "recommended_precision", "precision_choice"  # written by export --precision auto
 
 ImageInput = Image.Image | bytes | bytearray | str | os.PathLike
 
@@ -170,6 +179,22 @@ def check_manifest_fields(manifest: dict[str, Any], where: Path) -> None:
         raise _field_error(where, "precisions", precisions, f"a non-empty list from {list(PRECISIONS)}")
     _check_preprocess_fields(manifest["image_preprocess"], where)
     _check_file_entries(manifest["files"], where)
+    _check_recommendation(manifest, where)
+
+
+def _check_recommendation(manifest: dict[str, Any], where: Path) -> None:
+    """``recommended_precision`` (optional) names, per tower, a precision the bundle has; ``precision_choice`` is an
+    object. The runtime loads files by the former, so a typo must fail at load, not on the first request."""
+    if CHOICE_KEY in manifest and not isinstance(manifest[CHOICE_KEY], dict):
+        raise _field_error(where, CHOICE_KEY, manifest[CHOICE_KEY], "an object")
+    if RECOMMENDED_KEY not in manifest:
+        return
+    recommended, precisions = manifest[RECOMMENDED_KEY], manifest["precisions"]
+    expected = f"{{'image': P, 'text': P}} with P from {precisions}"
+    if not isinstance(recommended, dict) or set(recommended) != set(ROLES):
+        raise _field_error(where, RECOMMENDED_KEY, recommended, expected)
+    if any(value not in precisions for value in recommended.values()):
+        raise _field_error(where, RECOMMENDED_KEY, recommended, expected)
 
 
 def _check_preprocess_fields(pre: Any, where: Path) -> None:
@@ -250,13 +275,34 @@ def shipped_precision(manifest: dict[str, Any], role: str, precision: str) -> st
     return shipped
 
 
+def recommended_precision(manifest: dict[str, Any]) -> dict[str, str] | None:
+    """Per tower, the precision ``export --precision auto`` measured as the one to load; None when not recorded."""
+    recommended = manifest.get(RECOMMENDED_KEY)
+    return {role: recommended[role] for role in ROLES} if recommended else None
+
+
+def file_precisions(manifest: dict[str, Any], precision: str | None, where: Path) -> dict[str, str]:
+    """The precision of the file each tower loads: ``precision`` for both, else the manifest's recommendation, else
+    fp32 (bundles without one load as before). BundleError when the bundle lacks that precision."""
+    chosen = {role: precision for role in ROLES} if precision else recommended_precision(manifest)
+    chosen = chosen or {role: "fp32" for role in ROLES}
+    for value in dict.fromkeys(chosen.values()):
+        if value not in manifest["precisions"]:
+            raise BundleError(f"{where}: no {value!r} models in this bundle ({manifest['precisions']})")
+    return chosen
+
+
 class BundleModel:
-    """Image and text sessions of one precision, the tokenizer and the preprocessing of a bundle; thread-safe."""
+    """Image and text sessions (each at its precision), the tokenizer and the preprocessing of a bundle; thread-safe.
+
+    ``precision`` None follows the manifest's ``recommended_precision`` per tower (fp32 when it has none); 'fp32' or
+    'int8' loads both towers at that precision.
+    """
 
     def __init__(
         self,
         path: str | os.PathLike,
-        precision: str = "fp32",
+        precision: str | None = None,
         *,
         intra_op_num_threads: int | None = None,
         inter_op_num_threads: int | None = None,
@@ -267,13 +313,15 @@ class BundleModel:
     ) -> None:
         self.path = Path(path)
         self.manifest = verify_bundle(self.path) if verify else read_manifest(self.path)
-        if precision not in self.manifest["precisions"]:
-            raise BundleError(f"{self.path}: no {precision!r} models in this bundle ({self.manifest['precisions']})")
+        self.file_precisions = file_precisions(self.manifest, precision, self.path)
         if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be a positive int, got {max_batch_size!r}")
-        self.precision = precision
+        files = set(self.file_precisions.values())
+        self.precision = precision or (files.pop() if len(files) == 1 else "auto")  # 'auto': towers differ
         # what each tower really computes in: an int8 bundle may carry a tower's fp32 graph (format version 2)
-        self.tower_precisions = {role: shipped_precision(self.manifest, role, precision) for role in ("image", "text")}
+        self.tower_precisions = {
+            role: shipped_precision(self.manifest, role, p) for role, p in self.file_precisions.items()
+        }
         self.max_batch_size = max_batch_size
         self.max_image_pixels = max_image_pixels
         self.session_options = make_session_options(intra_op_num_threads, inter_op_num_threads)
@@ -295,7 +343,7 @@ class BundleModel:
 
     def _session(self, role: str, inputs: tuple[str, ...], output: str) -> ort.InferenceSession:
         """An inference session for one tower, after checking its input and output names."""
-        file = self.path / bundle_file(self.manifest, role, self.precision)
+        file = self.path / bundle_file(self.manifest, role, self.file_precisions[role])
         session = ort.InferenceSession(str(file), self.session_options, providers=self.providers)
         names_in = tuple(item.name for item in session.get_inputs())
         names_out = tuple(item.name for item in session.get_outputs())
@@ -422,6 +470,7 @@ def _as_embeddings(chunks: list[np.ndarray], dim: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
 
 
-def load_bundle_model(path: str | os.PathLike, precision: str = "fp32", **session_options: Any) -> BundleModel:
-    """Open a bundle for inference (options: intra_op_num_threads, inter_op_num_threads, providers, max_batch_size)."""
+def load_bundle_model(path: str | os.PathLike, precision: str | None = None, **session_options: Any) -> BundleModel:
+    """Open a bundle for inference (None: each tower at the manifest's recommended precision, else fp32; options:
+    intra_op_num_threads, inter_op_num_threads, providers, max_batch_size)."""
     return BundleModel(path, precision, **session_options)

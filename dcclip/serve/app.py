@@ -162,7 +162,8 @@ async def info(request: Request) -> dict[str, Any]:
     return {
         "dcclip_version": __version__,
         "bundle": service.bundle.name,
-        "precision": service.precision,
+        "precision": service.classifier.model.precision,  # 'auto' when the towers run at different ones
+        "tower_precisions": service.classifier.model.tower_precisions,
         "languages": service.classifier.languages,
         "limits": service.limits.to_dict(),
         "label_cache": service.classifier.cache.info(),
@@ -180,7 +181,7 @@ async def healthz() -> dict[str, str]:
 def create_app(
     bundle: Path,
     limits: ServeLimits | None = None,
-    precision: str = "fp32",
+    precision: str | None = None,
     threads: int | None = None,
     ui: bool = True,
     index: Path | None = None,

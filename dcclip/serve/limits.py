@@ -84,7 +84,7 @@ class ServeSettings:
 
     bundle: Path
     limits: ServeLimits
-    precision: str = "fp32"
+    precision: str | None = None  # None: each tower at the manifest's recommended precision
     threads: int | None = None
     ui: bool = True  # the web page at GET / (dcclip serve --no-ui turns it off)
     index: Path | None = None  # an image index for /v1/search (dcclip serve --index)
@@ -93,7 +93,7 @@ class ServeSettings:
         """Environment variables that ``from_env`` reads back."""
         env = {
             ENV_BUNDLE: str(Path(self.bundle).resolve()),
-            ENV_PRECISION: self.precision,
+            ENV_PRECISION: self.precision or "",
             ENV_LIMITS: json.dumps(self.limits.to_dict()),
             ENV_UI: "1" if self.ui else "0",
             ENV_INDEX: str(Path(self.index).resolve()) if self.index is not None else "",
@@ -115,7 +115,7 @@ class ServeSettings:
         return cls(
             Path(bundle),
             limits,
-            environ.get(ENV_PRECISION, "fp32"),
+            environ.get(ENV_PRECISION) or None,
             int(threads) if threads else None,
             ui=environ.get(ENV_UI, "1") != "0",
             index=Path(index) if index else None,

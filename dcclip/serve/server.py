@@ -24,7 +24,7 @@ def serve(
     port: int = 8000,
     workers: int = 1,
     limits: ServeLimits | None = None,
-    precision: str = "fp32",
+    precision: str | None = None,
     threads: int | None = None,
     read_timeout: float = READ_TIMEOUT_S,
     max_connections: int = MAX_CONNECTIONS,
