@@ -6,6 +6,10 @@
 Weights are random (speed and size do not depend on them). Every tower is exported and quantised the way
 `dcclip export` does it, then timed side by side in one run; ratios are against the teacher in onnxruntime fp32.
 The int8 accuracy drop comes from a trained student: the demo's report, when one is given or found.
+
+MFU columns: each tower's inference FLOPs (torch's flop counter on the same module's forward) divided by the measured
+latency, against the machine's sustained fp32 matmul rate at the same threads (int8 rows too: the fp32 limit is the
+reference a user compares with).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table, write_result
+from _mfu import count_flops, load_average, matmul_flops_per_s
 
 from dcclip.demo.report import median_ms
 
@@ -122,6 +127,16 @@ def time_onnx(image: Path, text: Path, pixels: np.ndarray, ids: np.ndarray, mask
     return image_ms, text_ms
 
 
+def tower_flops(parts: dict[str, Any], pixels: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> tuple[int, int]:
+    """Inference FLOPs of one call of the image and the text tower (the same work onnxruntime does)."""
+    import torch
+
+    with torch.no_grad():
+        image = count_flops(lambda: parts["image"].embed(torch.from_numpy(pixels)))
+        text = count_flops(lambda: parts["text"](torch.from_numpy(ids), torch.from_numpy(mask)))
+    return image, text
+
+
 def time_model(name: str, parts: dict[str, Any], files: dict[str, Path], batches: list[int], repeat: int) -> list[dict]:
     """Milliseconds per call of each tower in torch eager, onnxruntime fp32 and onnxruntime int8, per batch size."""
     rows = []
@@ -130,6 +145,7 @@ def time_model(name: str, parts: dict[str, Any], files: dict[str, Path], batches
         pixels = np.random.default_rng(1).standard_normal((batch, 3, parts["size"], parts["size"])).astype(np.float32)
         ids = np.random.default_rng(2).integers(1, 1000, size=(batch, parts["length"]), dtype=np.int64)
         mask = np.ones_like(ids)
+        image_flops, text_flops = tower_flops(parts, pixels, ids, mask)
         timings = {"torch eager fp32": time_torch(parts, pixels, ids, mask, repeat)}
         for precision in ("fp32", "int8"):
             timings[f"onnxruntime {precision}"] = time_onnx(
@@ -140,6 +156,7 @@ def time_model(name: str, parts: dict[str, Any], files: dict[str, Path], batches
             rows.append({
                 "model": name, "backend": backend, "batch": batch, "image_ms": image_ms, "text_ms": text_ms,
                 "image_mb": sizes[f"image_{precision}"], "text_mb": sizes[f"text_{precision}"],
+                "image_gflop": image_flops / 1e9, "text_gflop": text_flops / 1e9,
             })  # fmt: skip
     return rows
 
@@ -152,6 +169,15 @@ def add_ratios(rows: list[dict]) -> None:
         row["image_speedup"] = ref["image_ms"] / row["image_ms"]
         row["text_speedup"] = ref["text_ms"] / row["text_ms"]
         row["smaller_by"] = (ref["image_mb"] + ref["text_mb"]) / (row["image_mb"] + row["text_mb"])
+
+
+def add_mfu(rows: list[dict], peak_flop_s: float) -> None:
+    """Achieved GFLOP/s and MFU of every tower timing against the measured fp32 matmul rate."""
+    for row in rows:
+        for tower in ("image", "text"):
+            achieved = row[f"{tower}_gflop"] * 1e9 / (row[f"{tower}_ms"] / 1e3)
+            row[f"{tower}_gflop_s"] = achieved / 1e9
+            row[f"{tower}_mfu"] = achieved / peak_flop_s
 
 
 def int8_drop(report_path: Path | None) -> dict[str, Any] | None:
@@ -175,15 +201,27 @@ def main() -> None:
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="dcclip-export-bench-"))
-    rows = []
+    rows, load_before = [], load_average()
+    peaks = [matmul_flops_per_s("fp32")]
     for name in ["teacher ViT-B-32", *args.students.split(",")]:
         parts = towers(name)
         files = export_towers(name, parts, tmp / name.replace(" ", "_"))
         rows += time_model(name, parts, files, batches, args.repeat)
+        peaks.append(matmul_flops_per_s("fp32"))  # between models too: the best of several is the machine's limit
     add_ratios(rows)
+    add_mfu(rows, max(peaks))
     columns = ["model", "backend", "batch", "image_ms", "text_ms", "image_mb", "text_mb", "image_speedup",
                "text_speedup", "smaller_by"]  # fmt: skip
     table = markdown_table(rows, columns)
+    mfu_columns = ["model", "backend", "batch", "image_gflop", "image_gflop_s", "image_mfu", "text_gflop",
+                   "text_gflop_s", "text_mfu"]  # fmt: skip
+    table += "\n\nAgainst the machine's limit (inference FLOPs / latency vs sustained fp32 matmul):\n\n"
+    table += markdown_table(rows, mfu_columns)
+    table += (
+        f"\n\nPeak fp32 matmul {max(peaks) / 1e9:.0f} GFLOP/s (best of "
+        f"{', '.join(f'{p / 1e9:.0f}' for p in peaks)}, measured before, between and after the models); "
+        f"load average {load_before:.2f} → {load_average():.2f}."
+    )
     drop = int8_drop(Path(args.demo_report))
     if drop:
         table += "\n\nint8 vs fp32 zero-shot top-1 of the trained demo student (mean over languages): " + "; ".join(
@@ -191,7 +229,8 @@ def main() -> None:
             for task, d in drop.items()
         )
     table += "\n\nRatios are against the teacher in onnxruntime fp32 at the same batch size; sizes are the ONNX files."
-    write_result("export_latency", {"rows": rows, "int8_top1": drop, "embed_dim": EMBED_DIM, "vocab": VOCAB},
+    write_result("export_latency", {"rows": rows, "int8_top1": drop, "embed_dim": EMBED_DIM, "vocab": VOCAB,
+                                    "peak_fp32_gflop_s": [p / 1e9 for p in peaks]},
                  table, "python benchmarks/export_latency.py " + " ".join(sys.argv[1:]))  # fmt: skip
     print(table)
 

@@ -2,9 +2,15 @@
 
     python benchmarks/stage1_throughput.py [--teacher openclip:ViT-B-32@random] [--student mnv4s-text6]
                                            [--samples 640] [--batch-size 32] [--steps 12] [--device cpu]
+                                           [--mfu-only] [--repeats 3]
 
 All three runs train the same student at the same precision for the same steps; only where the teacher targets come
 from differs. Speed does not depend on the teacher's weights, so a randomly initialised ViT-B-32 stands in for it.
+
+Then, against the machine's own limit (results/stage1_mfu.*): the sustained fp32 and bf16 matmul rate at the same
+threads, the FLOPs of one step (flop counter) and MFU for the image tower alone, the text tower alone, the full
+stage-1 step and a stage-2 step on one real batch; the operators that take the step's time; and each optimisation
+measured against its alternative in alternation (padding, channels-last, optimizer implementation).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table, write_result
+from _stage1_mfu import measure_mfu
 
 
 class InMemoryBatches:
@@ -59,15 +66,21 @@ def config(args: argparse.Namespace, world: Path, tokenizer: Path, out: Path, fe
     return load_config(None, overrides)
 
 
-def run_in_memory(cfg, out: Path) -> float:
-    """Build the cached run, take one real batch, then train on it from memory."""
+def prepare_batch(cfg) -> tuple[Any, Any, dict[str, Any]]:
+    """The prepared cached-features run, its distributed env and one real batch from its loader."""
     from dcclip.engine.distributed import init_distributed
-    from dcclip.engine.loop import fit
     from dcclip.stages.build import prepare_run
 
     env = init_distributed(cfg.train.device)
     prepared = prepare_run(cfg, env)
-    batch = next(iter(prepared.loader))
+    return prepared, env, next(iter(prepared.loader))
+
+
+def run_in_memory(cfg, out: Path) -> float:
+    """Build the cached run, take one real batch, then train on it from memory."""
+    from dcclip.engine.loop import fit
+
+    prepared, env, batch = prepare_batch(cfg)
     prepared.spec.run_dir = out
     fit(prepared.task, InMemoryBatches(batch, 10**6), prepared.spec, env)
     return steady_rate(out)
@@ -82,6 +95,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=9)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--mfu-only", action="store_true", help="skip the online/cached/in-memory loop runs")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per MFU figure (median)")
+    parser.add_argument("--bf16-step", action="store_true", help="also time the full step under bf16 autocast")
     args = parser.parse_args()
 
     from dcclip.data.shards import iter_captions
@@ -94,9 +110,14 @@ def main() -> None:
     generate_world(tmp / "world", train_samples=args.samples, seed=0, eval_samples=10, shard_size=128)
     tokenizer = train_tokenizer(iter_captions(tmp / "world" / "train"), 4000, tmp / "tok")
 
+    command = "python benchmarks/stage1_throughput.py " + " ".join(sys.argv[1:])
     start = time.perf_counter()
     cache_summary = cache_teacher(config(args, tmp / "world", tokenizer, tmp / "unused", None), tmp / "features")
     cache_seconds = time.perf_counter() - start
+    prepared, _, batch = prepare_batch(config(args, tmp / "world", tokenizer, tmp / "mfu", tmp / "features"))
+    measure_mfu(prepared, batch, args, command)
+    if args.mfu_only:
+        return
 
     run_stage(config(args, tmp / "world", tokenizer, tmp / "online", None))
     run_stage(config(args, tmp / "world", tokenizer, tmp / "cached", tmp / "features"))
@@ -126,9 +147,7 @@ def main() -> None:
         "device": args.device,
         "cache": cache_summary,
     }
-    write_result(
-        "stage1_throughput", payload, table, "python benchmarks/stage1_throughput.py " + " ".join(sys.argv[1:])
-    )
+    write_result("stage1_throughput", payload, table, command)
     print(table)
 
 

@@ -26,12 +26,30 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters of ``model``."""
+# How AdamW walks the parameters: one tensor at a time ("for-loop"), grouped multi-tensor kernels ("foreach") or one
+# fused kernel per group ("fused", CPU and CUDA). All give the same update up to float rounding and the same state_dict;
+# a run resumes exactly as long as it keeps one implementation. "auto" is the fastest measured by
+# benchmarks/stage1_throughput.py (see BENCHMARKS.md).
+IMPLEMENTATIONS = ("auto", "for-loop", "foreach", "fused")
+
+
+def implementation_flags(implementation: str, device: torch.device) -> dict[str, bool]:
+    """The ``foreach``/``fused`` keyword arguments of ``torch.optim.AdamW`` for ``implementation`` on ``device``."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"optimizer implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if implementation == "auto":
+        implementation = "fused" if device.type in ("cpu", "cuda") else "foreach"
+    return {"foreach": implementation == "foreach", "fused": implementation == "fused"}
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, implementation: str = "auto") -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters of ``model`` (on the device they are on)."""
     groups = parameter_groups(model, cfg.weight_decay)
     if not any(g["params"] for g in groups):
         raise ValueError("nothing to train: every parameter is frozen")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    device = next(p.device for g in groups for p in g["params"])
+    flags = implementation_flags(implementation, device)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **flags)
 
 
 def cosine_with_warmup(step: int, total: int, warmup: int, floor: float) -> float:
