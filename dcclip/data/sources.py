@@ -221,7 +221,8 @@ def exists(url: str | Path) -> bool:
     """Whether a file exists at a local path or fsspec URL (output locations; HTTP is read-only)."""
     if is_local(url):
         return local_path(url).is_file()
-    return _filesystem(str(url))[0].exists(_filesystem(str(url))[1])
+    fs, path = _filesystem(str(url))
+    return fs.exists(path)
 
 
 def upload(local: Path, url: str) -> None:
