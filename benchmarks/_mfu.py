@@ -64,11 +64,50 @@ def matmul_flops_per_s(
         torch.set_num_threads(previous)
 
 
+def _swap_batch_and_channels(shape: list[int]) -> list[int]:
+    return [shape[1], shape[0], *shape[2:]]
+
+
+def conv_backward_flops(
+    grad_out_shape: list[int],
+    x_shape: list[int],
+    w_shape: list[int],
+    _bias: Any,
+    _stride: Any,
+    _padding: Any,
+    _dilation: Any,
+    transposed: bool,
+    _output_padding: Any,
+    groups: int,
+    output_mask: list[bool],
+    out_shape: Any,
+    **_: Any,
+) -> int:
+    """FLOPs of a convolution's backward, as torch counts them but with grouped weight gradients divided by ``groups``.
+
+    torch's formula counts the weight gradient of a grouped (e.g. depthwise) convolution as if every input channel
+    met every output channel, ``groups`` times too many (a 3x3 depthwise backward then outweighs its forward 10:1).
+    """
+    from torch.utils.flop_counter import conv_flop_count
+
+    flops = 0
+    if output_mask[0]:
+        flops += conv_flop_count(grad_out_shape, w_shape, out_shape[0], transposed=not transposed)
+    if output_mask[1]:
+        first, second = (grad_out_shape, x_shape) if transposed else (x_shape, grad_out_shape)
+        swap = _swap_batch_and_channels
+        flops += conv_flop_count(swap(first), swap(second), swap(out_shape[1]), transposed=False) // max(1, groups)
+    return flops
+
+
 def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of one call of ``fn`` (forward and, if ``fn`` calls ``backward``, backward too)."""
+    """FLOPs of one call of ``fn`` (forward and, if ``fn`` calls ``backward``, backward too).
+
+    torch's counter, with the weight gradient of grouped convolutions counted correctly (``conv_backward_flops``).
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward_flops})
     with counter:
         fn()
     return int(counter.get_total_flops())
