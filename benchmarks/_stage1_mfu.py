@@ -144,6 +144,42 @@ def step_comparison(task: StudentTask, batch: dict, optim_cfg: Any, repeats: int
     return {name: {"step_s": s, "samples_per_s": images / s, "speedup": before / s} for name, s in seconds.items()}
 
 
+def compile_comparison(task: StudentTask, batch: dict, optim_cfg: Any, repeats: int) -> dict[str, Any]:
+    """The full stage-1 step eager vs ``torch.compile`` (inductor), on two copies of the task starting from the same
+    weights: the first step's losses must agree; compile time is reported apart from the step time."""
+    import time
+
+    eager_task, compiled_task = copy.deepcopy(task), copy.deepcopy(task)
+    compiled_module = torch.compile(compiled_task)
+    first_loss = {}
+
+    def first_step(name: str, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = module(batch)["loss"]
+        loss.backward()
+        optimizer.step()
+        first_loss[name] = float(loss.detach())
+
+    eager_optimizer = build_optimizer(eager_task, optim_cfg, "for-loop")
+    compiled_optimizer = build_optimizer(compiled_task, optim_cfg, "for-loop")
+    first_step("eager", eager_task, eager_optimizer)
+    start = time.perf_counter()
+    try:
+        first_step("compiled", compiled_module, compiled_optimizer)  # traces and compiles forward and backward
+    except Exception as exc:  # a backend that cannot compile here is a result, not a crash
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
+    compile_s = time.perf_counter() - start
+    steps = {
+        "eager": train_step(eager_task, eager_optimizer, batch),
+        "compiled": train_step(compiled_module, compiled_optimizer, batch),
+    }
+    seconds = interleaved_seconds(steps, repeats)
+    return {
+        "compile_s": compile_s, "step_s": seconds, "speedup": seconds["eager"] / seconds["compiled"],
+        "loss_abs_diff": abs(first_loss["eager"] - first_loss["compiled"]),
+    }  # fmt: skip
+
+
 def mfu_rows(prepared: Any, batch: dict, peaks: dict[str, float], args: Any) -> tuple[list[dict], Step]:
     """samples/s, FLOPs and MFU of image tower, text tower, full stage-1 step and stage-2 step (fp32)."""
     task, images, repeats = prepared.task, len(batch["keys"]), args.repeats
@@ -179,6 +215,7 @@ def measure_mfu(prepared: Any, batch: dict[str, Any], args: Any, command: str) -
     channels = channels_last_comparison(prepared.task.student, batch, args.repeats)
     optimizers = optimizer_comparison(prepared.task, batch, prepared.spec.optim, args.repeats)
     steps = step_comparison(prepared.task, batch, prepared.spec.optim, args.repeats)
+    compiled = compile_comparison(prepared.task, batch, prepared.spec.optim, args.repeats) if args.compile else None
     peak_runs.append(matmul_flops_per_s("fp32", threads))
     # the machine's limit is the best rate measured at any point of the run (neighbours only ever slow it down)
     peaks["fp32"] = max([*peak_runs, *(row["local_peak_gflop_s"] * 1e9 for row in rows if "bf16" not in row["run"])])
@@ -189,7 +226,7 @@ def measure_mfu(prepared: Any, batch: dict[str, Any], args: Any, command: str) -
         "threads": threads, "peak_fp32_gflop_s": peaks["fp32"] / 1e9, "peak_bf16_gflop_s": peaks["bf16"] / 1e9,
         "peak_fp32_runs_gflop_s": [p / 1e9 for p in peak_runs], "rows": rows, "top_operators": operators,
         "padding": padding, "channels_last": channels, "optimizer": optimizers,
-        "step_before_after": steps, "images": len(batch["keys"]),
+        "step_before_after": steps, "compile": compiled, "images": len(batch["keys"]),
         "captions": int(batch["input_ids"].shape[0]), "load_average": [load_before, load_average()],
         "student": args.student, "batch_size": args.batch_size,
     }  # fmt: skip
@@ -225,5 +262,20 @@ def report(p: dict[str, Any]) -> str:
         f"{ch['image_fb_s']['contiguous']:.2f} s ({ch['speedup']:.2f}×).\n"
         f"- AdamW step over {p['optimizer']['params'] / 1e6:.1f} M parameters: "
         f"for-loop {1e3 * opt['for-loop']:.0f} ms, "
-        f"foreach {1e3 * opt['foreach']:.0f} ms, fused {1e3 * opt['fused']:.0f} ms."
+        f"foreach {1e3 * opt['foreach']:.0f} ms, fused {1e3 * opt['fused']:.0f} ms.\n"
+        f"{compile_line(p.get('compile'))}"
+    )
+
+
+def compile_line(result: dict[str, Any] | None) -> str:
+    """One line on torch.compile of the full step (or why it was not measured)."""
+    if result is None:
+        return "- torch.compile: not measured (pass --compile)."
+    if "error" in result:
+        return f"- torch.compile of the full step failed here: {result['error']}."
+    step = result["step_s"]
+    return (
+        f"- torch.compile (inductor) vs eager, full stage-1 step: {step['compiled']:.2f} s vs {step['eager']:.2f} s "
+        f"({result['speedup']:.2f}×), after {result['compile_s']:.0f} s of compiling; first-step loss differs by "
+        f"{result['loss_abs_diff']:.1e}."
     )

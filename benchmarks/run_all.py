@@ -1,4 +1,8 @@
-"""`make bench`: run every benchmark script here, then gather their tables into BENCHMARKS.md."""
+"""`make bench`: run every benchmark script here, then gather their tables into BENCHMARKS.md.
+
+python benchmarks/run_all.py            # run everything (about half an hour on 2 cores), then gather
+python benchmarks/run_all.py --gather   # only rebuild BENCHMARKS.md from results/*.md (after running one script)
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ def scripts() -> list[Path]:
 
 def main() -> int:
     failed = []
-    for script in scripts():
+    for script in [] if "--gather" in sys.argv[1:] else scripts():
         print(f"== {script.name}", flush=True)
         start = time.perf_counter()
         code = subprocess.call([sys.executable, str(script)], cwd=ROOT)
