@@ -100,6 +100,7 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
         args.vocab_size,
         Path(args.out),
         args.algorithm,
+        split_han=not args.keep_han_words,
     )
     print(f"tokenizer written to {path}")
     return 0
@@ -365,7 +366,16 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--vocab-size", type=int, required=True)
     _add_caption_format(t)
     t.add_argument("--out", required=True, help="output directory for tokenizer.json")
-    t.add_argument("--algorithm", choices=["unigram", "bpe"], default="unigram")
+    t.add_argument(
+        "--algorithm",
+        choices=["bpe", "unigram"],
+        default="bpe",
+        help="bpe (default), or unigram (its trainer keeps far fewer pieces than asked on short captions)",
+    )
+    t.add_argument(
+        "--keep-han-words", action="store_true",
+        help="let pieces span several Han ideographs (default: each one is its own piece, as in multilingual BERT)",
+    )  # fmt: skip
     t.add_argument("--langs", default=None, help="comma-separated languages to train on (default: all)")
     t.set_defaults(func=_cmd_tokenizer_train)
 
@@ -406,7 +416,7 @@ def _add_teacher(sub: argparse._SubParsersAction) -> None:
     t = teacher.add_parser("train-demo", help="train the English-only demo teacher on the toy world")
     t.add_argument("--world", required=True, help="toy world directory (from `dcclip world`)")
     t.add_argument("--out", required=True, help="output directory (an open_clip local-dir checkpoint)")
-    t.add_argument("--image-steps", type=int, help="phase 1, image tower on the world's labels (default 1100)")
+    t.add_argument("--image-steps", type=int, help="phase 1, image tower on the world's labels (default 1400)")
     t.add_argument("--text-steps", type=int, help="phase 2, text tower against the locked image tower (default 150)")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_cmd_teacher_train_demo)

@@ -149,6 +149,41 @@ def test_training_validates_arguments(tmp_path: Path) -> None:
     assert not (tmp_path / TOKENIZER_FILE).exists()
 
 
+# Short templated captions like the toy world's: few distinct words, each repeated many times.
+COLOUR_CAPTIONS = [
+    f"{article} {colour} {shape} on the {side}"
+    for article in ("a", "one")
+    for colour in ("red", "blue", "green", "yellow")
+    for shape in ("circle", "square", "star")
+    for side in ("left", "right")
+]
+HAN_CAPTIONS = [f"一个手写的数字{digit}" for digit in "零一二三四五六七八九"] * 5
+
+
+def pieces(tokenizer: TextTokenizer, text: str) -> list[str]:
+    """The pieces of one text, without the <s> and </s> around it."""
+    return tokenizer.tokenizer.encode(text).tokens[1:-1]
+
+
+def test_default_bpe_learns_the_words_of_short_repeated_captions(tmp_path: Path) -> None:
+    """Frequent words become single pieces (the Unigram trainer spells them letter by letter on such a corpus)."""
+    tokenizer = TextTokenizer.from_path(train_tokenizer(COLOUR_CAPTIONS * 20, VOCAB_SIZE, tmp_path))
+    assert pieces(tokenizer, "a red circle on the left") == ["▁a", "▁red", "▁circle", "▁on", "▁the", "▁left"]
+
+
+def test_han_ideographs_are_pieces_of_their_own(tmp_path: Path) -> None:
+    """A zero-shot prompt (数字零) and a caption that ends with it share the class word's piece; round trips hold."""
+    tokenizer = TextTokenizer.from_path(train_tokenizer(HAN_CAPTIONS * 4 + CORPUS, VOCAB_SIZE, tmp_path / "split"))
+    assert pieces(tokenizer, "数字零")[-3:] == ["数", "字", "零"]
+    assert pieces(tokenizer, "一个手写的数字零")[-1] == "零"
+    for text in ("数字零", "一个手写的数字零", "二匹の犬が緑の野原を走っています。", "a 红色 circle"):
+        assert roundtrip(tokenizer, text) == text
+    glued = TextTokenizer.from_path(
+        train_tokenizer(HAN_CAPTIONS * 4 + CORPUS, VOCAB_SIZE, tmp_path / "glued", split_han=False)
+    )
+    assert "零" not in pieces(glued, "一个手写的数字零")  # the old behaviour: the class word hides inside a phrase
+
+
 @pytest.mark.parametrize("algorithm", ["unigram", "bpe"])
 def test_literal_byte_token_text_in_corpus_stays_text(algorithm: str, tmp_path: Path) -> None:
     """A corpus full of literal "<0x41>" must not teach a piece that decodes as the byte 0x41."""
