@@ -45,13 +45,15 @@ def affine_params(n: int, policy: str, rng: np.random.Generator) -> np.ndarray:
     return theta
 
 
-def warp(pixels: Any, theta: Any) -> Any:
-    """Apply [n, 2, 3] affine matrices to [n, C, H, W] float pixels (torch), reflecting at the borders."""
+def warp(pixels: Any, theta: Any, size: int | None = None) -> Any:
+    """Apply [n, 2, 3] affine matrices to [n, C, H, W] float pixels (torch), reflecting at the borders; ``size``
+    samples the warped view on a size x size grid instead of H x W (one resampling for warp and resize)."""
     import torch
     import torch.nn.functional as F
 
     theta = torch.as_tensor(theta, dtype=pixels.dtype)
-    grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)
+    shape = list(pixels.shape) if size is None else [*pixels.shape[:2], size, size]
+    grid = F.affine_grid(theta, shape, align_corners=False)
     return F.grid_sample(pixels, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 

@@ -41,7 +41,7 @@ class DemoSettings:
     out: Path
     train_samples: int = 6000
     eval_samples: int = 900  # per eval set: 10 images per class for the 90 shape classes, 90 per digit
-    teacher_image_steps: int = 1100
+    teacher_image_steps: int = 1400
     teacher_text_steps: int = 150
     distill_steps: int = 800
     align_steps: int = 150

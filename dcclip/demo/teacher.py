@@ -7,7 +7,9 @@ LiT-style ("locked-image tuning", Zhai et al. 2022), in two phases, with the sam
 1. image tower (timm ``test_resnet`` at 48 px inside ``open_clip.model.CLIP``) supervised on the world's own labels:
    soft cross-entropy over the 90 colour x shape pairs, the 10 colours and 9 shapes of every drawn object, and the 10
    digits; label-preserving augmentation (any rotation and flip for shapes, small turns for digits; zoom, shift and
-   pixel noise for both). Images are decoded once into memory.
+   pixel noise for both). Images are decoded once into memory. Progressive resolution (as in FixRes / fast.ai's
+   progressive resizing): the first 60% of the steps see the warped views at 32 px (0.44x the pixels), the rest at
+   the tower's 48 px; 1,400 steps so cost 0.83x of 1,100 steps at 48 px and reach more shapes (measured: see README).
 2. text tower trained with InfoNCE against the frozen image embeddings of the English captions.
 
 Only the stand-in teacher ever sees labels; the students learn from it and from the captions alone. It is saved as an
@@ -47,13 +49,15 @@ HEADS = {"pair": 90, "colour": 10, "shape": 9, "digit": 10}
 class TeacherRecipe:
     """Steps, batch sizes and learning rates of the two phases (defaults: ~2 minutes on 2 cores)."""
 
-    image_steps: int = 1100
+    image_steps: int = 1400
     text_steps: int = 150
     batch_size: int = 128
     text_batch_size: int = 256
     image_lr: float = 1e-2
     text_lr: float = 3e-3
     seed: int = 0
+    low_res_size: int = 32  # side of the warped views early in phase 1 (0: always the tower's own size)
+    low_res_fraction: float = 0.6  # share of the phase-1 steps taken at low_res_size
 
 
 class OpenClipTokens:
@@ -116,7 +120,14 @@ def label_preserving_affine(is_digit: torch.Tensor) -> torch.Tensor:
 class LabelledImageTask(nn.Module):
     """Phase 1: the image tower and throw-away linear heads learn the world's labels; the loop saves ``student``."""
 
-    def __init__(self, model: nn.Module, labels: dict[str, torch.Tensor], keys: list[str], noise: float = 0.03):
+    def __init__(
+        self,
+        model: nn.Module,
+        labels: dict[str, torch.Tensor],
+        keys: list[str],
+        noise: float = 0.03,
+        low_res: tuple[int, int] = (0, 0),
+    ):
         super().__init__()
         embed_dim = int(model.text_projection.shape[1])
         self.student = model
@@ -124,13 +135,26 @@ class LabelledImageTask(nn.Module):
         self.labels = labels
         self.row = {key: i for i, key in enumerate(keys)}
         self.noise = noise
+        self.low_res_size, self.low_res_steps = low_res  # the first low_res_steps steps warp to low_res_size
+        self.step = 0
+
+    def set_step(self, step: int) -> None:
+        """Called by the engine before each step (also after a resume), so the resolution follows the step."""
+        self.step = step
+
+    def view_size(self, full: int) -> int:
+        """Side of this step's warped views."""
+        return self.low_res_size if self.low_res_size and self.step < self.low_res_steps else full
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         rows = torch.tensor([self.row[k] for k in batch["keys"]])
         targets = {name: table[rows] for name, table in self.labels.items()}
         is_digit = targets["digit"].sum(dim=1) > 0
-        pixels = warp(batch["pixels"], label_preserving_affine(is_digit))
+        source = batch["pixels"]
+        pixels = warp(source, label_preserving_affine(is_digit), self.view_size(source.shape[-1]))
         pixels = pixels + self.noise * torch.randn_like(pixels)
+        if source.is_contiguous(memory_format=torch.channels_last):
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
         features = self.student.visual(pixels)
         losses = {}
         for name, head in self.heads.items():
@@ -203,6 +227,7 @@ def save_open_clip_dir(model: nn.Module, model_cfg: dict[str, Any], out_dir: Pat
     from safetensors.torch import save_model
 
     out_dir = Path(out_dir)
+    model = model.to(memory_format=torch.contiguous_format)  # trained channels-last; safetensors wants contiguous
     with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
         save_model(model, str(tmp))
     payload = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_config(model_cfg)}
@@ -211,7 +236,16 @@ def save_open_clip_dir(model: nn.Module, model_cfg: dict[str, Any], out_dir: Pat
 
 
 # --- training --------------------------------------------------------------------------------------------------------
-def _phase(task: nn.Module, loader: Any, out: Path, name: str, steps: int, lr: float, recipe: TeacherRecipe) -> Any:
+def _phase(
+    task: nn.Module,
+    loader: Any,
+    out: Path,
+    name: str,
+    steps: int,
+    lr: float,
+    recipe: TeacherRecipe,
+    channels_last: bool = False,
+) -> Any:
     """Run one phase with the shared engine (resumable: checkpoints under ``out/training/<phase>``)."""
     from dcclip.engine.distributed import DistEnv
     from dcclip.engine.loop import FitSpec, fit
@@ -221,7 +255,7 @@ def _phase(task: nn.Module, loader: Any, out: Path, name: str, steps: int, lr: f
         run_dir=run_dir,
         train=TrainConfig(
             out_dir=str(run_dir), steps=steps, seed=recipe.seed, log_every=20, ckpt_every=max(50, steps // 2),
-            keep_last=1, resume="auto", channels_last=False,
+            keep_last=1, resume="auto", channels_last=channels_last,
         ),
         optim=OptimConfig(lr=lr, weight_decay=0.05, warmup_steps=max(1, steps // 20), betas=(0.9, 0.98)),
         checkpoint_config={"stage": f"demo-teacher-{name}"},
@@ -253,8 +287,12 @@ def train_demo_teacher(world: Path, out: Path, recipe: TeacherRecipe | None = No
         data = DataConfig(train=str(train_dir), langs=("en",), caption_sampling="uniform", batch_size=batch_size)
         return MemoryLoader(data, decoded, pre, tokens, seed=recipe.seed)
 
-    image_task = LabelledImageTask(model, world_labels(decoded.meta), decoded.keys)
-    image = _phase(image_task, loader(recipe.batch_size), out, "image", recipe.image_steps, recipe.image_lr, recipe)
+    low_res = (recipe.low_res_size, round(recipe.low_res_fraction * recipe.image_steps))
+    image_task = LabelledImageTask(model, world_labels(decoded.meta), decoded.keys, low_res=low_res)
+    image = _phase(
+        image_task, loader(recipe.batch_size), out, "image", recipe.image_steps, recipe.image_lr, recipe,
+        channels_last=True,  # 1.1x on test_resnet's small convolutions (measured)
+    )  # fmt: skip
     text = _phase(
         LockedImageTextTask(model), loader(recipe.text_batch_size), out, "text", recipe.text_steps, recipe.text_lr,
         recipe,

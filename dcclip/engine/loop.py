@@ -181,6 +181,8 @@ class Trainer:
         accum = self.spec.optim.accum_steps
         totals: dict[str, float] = {}
         images = skipped = 0
+        if hasattr(self.task, "set_step"):  # tasks with a schedule of their own (e.g. progressive resolution)
+            self.task.set_step(self.step)
         self.optimizer.zero_grad(set_to_none=True)
         for micro in range(accum):
             batch = next(batches)
