@@ -79,6 +79,15 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(world_dir: Path,
         assert first[name] != third[name], f"{name} is the same for seeds 3 and 4"
 
 
+def test_worker_processes_write_the_same_bytes(world_dir: Path, tmp_path: Path) -> None:
+    """Rendering in two worker processes (any language registered here included) gives the one-process world."""
+    generate_world(tmp_path / "two", **ARGS, workers=2)
+    first, second = _files(world_dir), _files(tmp_path / "two")
+    assert first.keys() == second.keys()
+    for name in first:
+        assert first[name] == second[name], f"{name} differs between one and two worker processes"
+
+
 def test_samples_do_not_depend_on_generation_order(world_dir: Path) -> None:
     samples = list(iter_samples(world_dir / "train"))
     for index in (41, 7, 0):

@@ -392,16 +392,17 @@ def write_report(settings: Any, summaries: dict[str, Any], step_seconds: dict[st
     charts = {"loss_curves": loss_curves(out, {"stage 1 (distill)": p["distill"], "stage 2 (align)": p["align"]}).name}
     for task, table in tables.items():
         charts[task] = accuracy_chart(out, table, f"{task}_top1.png", TASKS[task][1]).name
-    charts["speed_size"] = speed_chart(out, summaries["bench"]).name
+    if "bench" in summaries:
+        charts["speed_size"] = speed_chart(out, summaries["bench"]).name
     report = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(settings).items()},
         "seconds": {"total_this_run": round(total, 1), "steps": {k: round(v, 1) for k, v in step_seconds.items()}},
         "headline": headline(tables),
         "top1": tables,
         "breakdown": {task: attribute_breakdown(evals, task) for task in TASKS},
-        "retrieval": evals["retrieval"],
-        "alignment": evals["alignment"],
-        "speed_size": summaries["bench"],
+        "retrieval": evals.get("retrieval"),
+        "alignment": evals.get("alignment"),
+        "speed_size": summaries.get("bench"),
         "export": summaries["export"],
         "training": {name: summaries[name].get("final_losses") for name in ("distill", "align")},
         "teacher": summaries["teacher"],
@@ -565,11 +566,12 @@ def report_markdown(report: dict[str, Any]) -> str:
                 "shape), in English and as the mean over languages.\n",
                 breakdown_markdown(breakdown),
             ]
-    parts += [
-        "\n## Speed and size\n",
-        speed_markdown(report["speed_size"]),
-        f"\n![speed]({report['charts']['speed_size']})\n",
-    ]
+    if report["speed_size"]:
+        parts += [
+            "\n## Speed and size\n",
+            speed_markdown(report["speed_size"]),
+            f"\n![speed]({report['charts']['speed_size']})\n",
+        ]
     parts += ["## Training\n", f"![losses]({report['charts']['loss_curves']})\n"]
     seconds = report["seconds"]["steps"]
     parts += ["## Step times (s)\n", " · ".join(f"{k} {v}" for k, v in seconds.items()) + "\n"]
@@ -582,8 +584,9 @@ def print_summary(report: dict[str, Any]) -> None:
     print(headline_markdown(report))
     print("\nZero-shot top-1 on the colour x shape eval set, per language (95% Wilson intervals):\n")
     print(markdown(report["top1"]["zeroshot_shapes"]))
-    print("\nSpeed and size (teacher vs student, both in onnxruntime):\n")
-    print(speed_markdown(report["speed_size"]))
+    if report["speed_size"]:
+        print("\nSpeed and size (teacher vs student, both in onnxruntime):\n")
+        print(speed_markdown(report["speed_size"]))
     bundle = report["bundle"]
     print(f"\nBundle: {bundle}\nReport: {Path(bundle).parent / 'report.md'}")
     print(f"Total time of this run: {report['seconds']['total_this_run']:.0f} s\n")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import multiprocessing
+import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +48,8 @@ from dcclip.io import write_json_atomic
 
 WORLD_FORMAT = "dcclip-world"
 WORLD_VERSION = 1
+# Below this many images one process is quicker than starting workers.
+PARALLEL_MIN_IMAGES = 2000
 
 
 def _pick_langs(rng: np.random.Generator) -> list[str]:
@@ -176,16 +182,38 @@ def _key_width(count: int) -> int:
     return max(6, len(str(max(count - 1, 0))))
 
 
+def _in_order(fn: Callable[..., Any], arguments: Iterable[tuple], pool: Executor | None) -> Iterator[Any]:
+    """``fn(*args)`` for each argument tuple, in order: rendered by the worker pool when there is one.
+
+    Every sample is a pure function of its arguments (seeded per index), so the bytes do not depend on the pool."""
+    columns = list(zip(*arguments, strict=True))
+    if not columns:
+        return iter(())
+    return pool.map(fn, *columns, chunksize=32) if pool is not None else map(fn, *columns)
+
+
+@contextlib.contextmanager
+def _render_pool(workers: int | None, images: int) -> Iterator[Executor | None]:
+    """Worker processes that render samples (forked, so languages registered in this process come along)."""
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 4) if images >= PARALLEL_MIN_IMAGES else 1
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        yield None
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        yield pool
+
+
 def _write_train(
-    out: Path, count: int, seed: int, size: int, shard_size: int, progress: bool
+    out: Path, count: int, seed: int, size: int, shard_size: int, progress: bool, pool: Executor | None = None
 ) -> tuple[dict[str, Any], Counter]:
     """Training shards through the shared writer; returns the shard-set manifest and the count of each kind."""
     for stale in out.glob("shard-*.tar"):
         stale.unlink()  # a smaller rerun must not leave earlier shards beside the new manifest
     width, bar, kinds = _key_width(count), _progress(count, "world train", progress), Counter()
+    samples = _in_order(_train_sample, ((seed, index, size) for index in range(count)), pool)
     with ShardSetWriter(out, max_count=shard_size) as writer:
-        for index in range(count):
-            image, meta = _train_sample(seed, index, size)
+        for index, (image, meta) in enumerate(samples):
             writer.add(f"train_{index:0{width}d}", {"jpg": image}, meta)
             kinds[meta["kind"]] += 1
             bar.update()
@@ -232,58 +260,69 @@ def _write_classification(
     return {"samples": count, "shards": nshards, "classes": len(names["en"])}
 
 
-def _shape_eval_stream(seed: int, count: int, size: int, bar: Any) -> Iterator[dict[str, bytes]]:
+def _shape_eval_stream(
+    seed: int, count: int, size: int, bar: Any, pool: Executor | None = None
+) -> Iterator[dict[str, bytes]]:
     """Samples of the shapes eval: classes balanced (counts differ by at most one), order shuffled per seed."""
     n_classes = len(COLOURS) * len(SHAPES)
     order = _rng(seed, _PLAN, 1).permutation(n_classes)
-    for index in range(count):
-        cls = int(order[index % n_classes])
-        yield {"jpg": _eval_shape_sample(seed, index, size, cls), "cls": str(cls).encode("ascii")}
+    classes = [int(order[index % n_classes]) for index in range(count)]
+    images = _in_order(_eval_shape_sample, ((seed, index, size, classes[index]) for index in range(count)), pool)
+    for cls, image in zip(classes, images, strict=True):
+        yield {"jpg": image, "cls": str(cls).encode("ascii")}
         bar.update()
 
 
-def _digit_eval_stream(seed: int, count: int, size: int, bar: Any) -> Iterator[dict[str, bytes]]:
+def _digit_eval_stream(
+    seed: int, count: int, size: int, bar: Any, pool: Executor | None = None
+) -> Iterator[dict[str, bytes]]:
     """Samples of the digits eval: held-out digits only, classes balanced, each class's digits used in turn."""
     _, labels, _, held = _digits()
     per_class = [held[labels[held] == d] for d in range(10)]
     order = _rng(seed, _PLAN, 2).permutation(10)
-    for index in range(count):
-        digit = int(order[index % 10])
-        pool = per_class[digit]
-        source = int(pool[(index // 10) % len(pool)])
-        yield {"jpg": _eval_digit_sample(seed, index, size, source), "cls": str(digit).encode("ascii")}
+    digits = [int(order[index % 10]) for index in range(count)]
+    sources = [int(per_class[digit][(index // 10) % len(per_class[digit])]) for index, digit in enumerate(digits)]
+    images = _in_order(_eval_digit_sample, ((seed, index, size, sources[index]) for index in range(count)), pool)
+    for digit, image in zip(digits, images, strict=True):
+        yield {"jpg": image, "cls": str(digit).encode("ascii")}
         bar.update()
 
 
-def _retrieval_stream(seed: int, count: int, size: int, bar: Any) -> Iterator[dict[str, bytes]]:
+def _retrieval_stream(
+    seed: int, count: int, size: int, bar: Any, pool: Executor | None = None
+) -> Iterator[dict[str, bytes]]:
     """Samples of the retrieval eval: image, English caption (.txt) and all ten captions (.json)."""
-    for index, plan in enumerate(_retrieval_plans(seed, count)):
-        image, captions = _retrieval_sample(seed, index, size, int(plan))
+    plans = [int(plan) for plan in _retrieval_plans(seed, count)]
+    for image, captions in _in_order(_retrieval_sample, ((seed, i, size, plan) for i, plan in enumerate(plans)), pool):
         meta = json.dumps({"captions": captions}, ensure_ascii=False, sort_keys=True).encode("utf-8")
         yield {"jpg": image, "txt": captions["en"].encode("utf-8"), "json": meta}
         bar.update()
 
 
-def _write_retrieval(root: Path, seed: int, count: int, size: int, shard_size: int, bar: Any) -> dict[str, Any]:
+def _write_retrieval(
+    root: Path, seed: int, count: int, size: int, shard_size: int, bar: Any, pool: Executor | None = None
+) -> dict[str, Any]:
     """The retrieval set in clip_benchmark layout, marked by ``dataset_type.txt``."""
     root.mkdir(parents=True, exist_ok=True)
-    nshards = _write_wds(root / "test", _retrieval_stream(seed, count, size, bar), count, shard_size)
+    nshards = _write_wds(root / "test", _retrieval_stream(seed, count, size, bar, pool), count, shard_size)
     (root / "dataset_type.txt").write_text("retrieval\n", encoding="ascii")
     return {"samples": count, "shards": nshards, "languages": list(language_codes())}
 
 
-def _write_evals(out: Path, seed: int, count: int, size: int, shard_size: int, progress: bool) -> dict[str, Any]:
+def _write_evals(
+    out: Path, seed: int, count: int, size: int, shard_size: int, progress: bool, pool: Executor | None = None
+) -> dict[str, Any]:
     """The three eval sets under ``out``: shapes, digits, retrieval."""
     bar = _progress(3 * count, "world eval", progress)
     try:
         return {
             "shapes": _write_classification(
-                out / "shapes", "shapes", _shape_eval_stream(seed, count, size, bar), count, shard_size
+                out / "shapes", "shapes", _shape_eval_stream(seed, count, size, bar, pool), count, shard_size
             ),
             "digits": _write_classification(
-                out / "digits", "digits", _digit_eval_stream(seed, count, size, bar), count, shard_size
+                out / "digits", "digits", _digit_eval_stream(seed, count, size, bar, pool), count, shard_size
             ),
-            "retrieval": _write_retrieval(out / "retrieval", seed, count, size, shard_size, bar),
+            "retrieval": _write_retrieval(out / "retrieval", seed, count, size, shard_size, bar, pool),
         }
     finally:
         bar.close()
@@ -333,6 +372,7 @@ def generate_world(
     image_size: int = 128,
     shard_size: int = 1000,
     progress: bool = False,
+    workers: int | None = None,
 ) -> dict:
     """Write the toy world (training shards + three eval sets) under ``out_dir``; returns its summary.
 
@@ -342,6 +382,8 @@ def generate_world(
     ``eval/retrieval/`` (``dataset_type.txt`` = retrieval; ``KEY.jpg`` + ``KEY.txt`` + ``KEY.json``) and
     ``world.json``. world.json holds the summary with paths relative to ``out_dir`` and no timing, so the same
     arguments always give the same bytes; the returned dict adds absolute ``paths`` and the wall-clock ``seconds``.
+    ``workers`` processes render the images (default: up to 4, one per core, for worlds of 2,000 images or more);
+    the bytes are the same for any number.
     """
     args = {
         "seed": _check_int("seed", seed, 0),
@@ -354,12 +396,13 @@ def generate_world(
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    manifest, kinds = _write_train(
-        out / "train", args["train_samples"], args["seed"], args["image_size"], args["shard_size"], progress
-    )
-    evals = _write_evals(
-        out / "eval", args["seed"], args["eval_samples"], args["image_size"], args["shard_size"], progress
-    )
+    with _render_pool(workers, args["train_samples"] + 3 * args["eval_samples"]) as pool:
+        manifest, kinds = _write_train(
+            out / "train", args["train_samples"], args["seed"], args["image_size"], args["shard_size"], progress, pool
+        )
+        evals = _write_evals(
+            out / "eval", args["seed"], args["eval_samples"], args["image_size"], args["shard_size"], progress, pool
+        )
     summary = _summary(args, manifest, kinds, evals)
     write_json_atomic(out / "world.json", summary)
     paths = {name: str(out / rel) for name, rel in summary["paths"].items()}
