@@ -47,8 +47,10 @@ class DemoSettings:
     align_steps: int = 150
     vocab_size: int = 4000
     seed: int = 0
+    teacher_batch_size: int = 128
     # False: zero-shot only (no retrieval / alignment eval, no speed and size step), for the CI quality gate
     full_report: bool = True
+    eval_langs: tuple[str, ...] | None = None  # languages of the zero-shot evals (None: all the world has)
     # extra dotted config overrides per stage ({"distill": [...], "align": [...]}), e.g. for ablations
     overrides: dict[str, list[str]] = field(default_factory=dict)
 
@@ -126,7 +128,10 @@ def step_world(s: DemoSettings) -> dict[str, Any]:
 def step_teacher(s: DemoSettings) -> dict[str, Any]:
     from dcclip.demo.teacher import TeacherRecipe, train_demo_teacher
 
-    recipe = TeacherRecipe(image_steps=s.teacher_image_steps, text_steps=s.teacher_text_steps, seed=s.seed)
+    recipe = TeacherRecipe(
+        image_steps=s.teacher_image_steps, text_steps=s.teacher_text_steps, batch_size=s.teacher_batch_size,
+        seed=s.seed,
+    )  # fmt: skip
     return train_demo_teacher(s.paths()["world"], s.paths()["teacher"], recipe)
 
 
@@ -202,8 +207,9 @@ def step_eval(s: DemoSettings) -> dict[str, Any]:
     refs, names = eval_models(s)
     reports = {}
     for dataset in EVAL_SETS:
+        langs = list(s.eval_langs) if s.eval_langs else None
         reports[f"zeroshot_{dataset}"] = run_eval(
-            "zeroshot", refs, p["world"] / "eval" / dataset, None, p["eval"] / f"zeroshot_{dataset}", names=names
+            "zeroshot", refs, p["world"] / "eval" / dataset, langs, p["eval"] / f"zeroshot_{dataset}", names=names
         )
     for task in ("retrieval", "alignment") if s.full_report else ():
         reports[task] = run_eval(
@@ -230,8 +236,8 @@ def build_steps(s: DemoSettings) -> list[Step]:
     return [
         Step("world", "toy world: shards + eval sets", world, lambda: step_world(s), [p["world"]]),
         Step("teacher", "demo teacher (English captions only)",
-             {"image_steps": s.teacher_image_steps, "text_steps": s.teacher_text_steps}, lambda: step_teacher(s),
-             [p["teacher"]], ["world"]),
+             {"image_steps": s.teacher_image_steps, "text_steps": s.teacher_text_steps,
+              "batch_size": s.teacher_batch_size}, lambda: step_teacher(s), [p["teacher"]], ["world"]),
         Step("tokenizer", "multilingual tokenizer", {"vocab": s.vocab_size}, lambda: step_tokenizer(s),
              [p["tokenizer"]], ["world"]),
         Step("distill", "stage 1: feature distillation",
@@ -240,8 +246,8 @@ def build_steps(s: DemoSettings) -> list[Step]:
         Step("align", "stage 2: contrastive alignment", {"steps": s.align_steps, "extra": s.overrides.get("align")},
              lambda: step_align(s), [p["align"]], ["distill"]),
         Step("export", "export ONNX bundle (fp32 + int8)", {}, lambda: step_export(s), [p["bundle"]], ["align"]),
-        Step("eval", "evaluate teacher vs students, every language", {"full": s.full_report}, lambda: step_eval(s),
-             [p["eval"]], ["export"]),
+        Step("eval", "evaluate teacher vs students, every language", {"full": s.full_report, "langs": s.eval_langs},
+             lambda: step_eval(s), [p["eval"]], ["export"]),
         *([Step("bench", "speed and size: teacher vs student", {}, lambda: step_bench(s), [p["bench"]], ["export"])]
           if s.full_report else []),
     ]  # fmt: skip
