@@ -206,8 +206,8 @@ def step_eval(s: DemoSettings) -> dict[str, Any]:
     p = s.paths()
     refs, names = eval_models(s)
     reports = {}
+    langs = list(s.eval_langs) if s.eval_langs else None
     for dataset in EVAL_SETS:
-        langs = list(s.eval_langs) if s.eval_langs else None
         reports[f"zeroshot_{dataset}"] = run_eval(
             "zeroshot", refs, p["world"] / "eval" / dataset, langs, p["eval"] / f"zeroshot_{dataset}", names=names
         )
