@@ -17,6 +17,7 @@ from dcclip.models.students import (
     build_student,
     count_parameters,
     inherit_text_layers,
+    length_groups,
     rebuild_student,
     resize_grid,
     student_preprocess,
@@ -161,6 +162,40 @@ def test_masked_mean_pooling_ignores_padding(text_arch: str) -> None:
         unmasked = student.encode_text(padded, torch.ones_like(padded))
     torch.testing.assert_close(short, long, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(short, unmasked, atol=1e-4)
+
+
+def padded_batch(lengths: list[int], width: int, pad_id: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded random ids of the given lengths, padded to ``width``."""
+    ids = torch.randint(4, 200, (len(lengths), width), generator=torch.Generator().manual_seed(2))
+    mask = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]).long()
+    return ids.masked_fill(mask == 0, pad_id), mask
+
+
+@pytest.mark.parametrize("text_arch", ["bert", "xlm-roberta"])
+def test_text_by_length_equals_one_padded_call(text_arch: str) -> None:
+    student = build_student(tiny_arch(arch=text_arch), embed_dim=16, vocab_size=200, pad_id=1)
+    lengths = [3, 16, 5, 4, 9, 3, 12, 6, 16, 2, 7, 4] * 2  # padded to 16: most of the batch is padding
+    ids, mask = padded_batch(lengths, 16)
+    student.text.eval()  # no dropout: the two calls must agree
+    with torch.no_grad():
+        torch.testing.assert_close(student.text.forward_by_length(ids, mask), student.text(ids, mask))
+    groups = length_groups(mask.sum(dim=1), max_groups=4)
+    assert len(groups) > 1 and sorted(torch.cat(groups).tolist()) == list(range(len(lengths)))
+    student.text.forward_by_length(ids, mask).sum().backward()
+    assert student.text.transformer.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+
+def test_length_groups_keep_equal_lengths_in_one_call() -> None:
+    assert len(length_groups(torch.full((64,), 12), max_groups=4)) == 1
+    assert len(length_groups(torch.tensor([5] * 60 + [32] * 4), max_groups=4)) > 1
+
+
+def test_text_by_length_left_padding_falls_back_to_one_call() -> None:
+    student = build_student(tiny_arch(), embed_dim=16, vocab_size=200, pad_id=1).eval()
+    ids, mask = padded_batch([3, 8, 2, 8], 8)
+    ids, mask = ids.flip(1), mask.flip(1)  # real tokens last
+    with torch.no_grad():
+        torch.testing.assert_close(student.text.forward_by_length(ids, mask), student.text(ids, mask))
 
 
 def test_cls_pooling_takes_first_token(built: dict[str, Student]) -> None:

@@ -109,7 +109,7 @@ class StudentTask(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         image_emb, student_fmap = self.student.image(batch["pixels"])
-        text_emb = self.student.text(batch["input_ids"], batch["attention_mask"])
+        text_emb = self.student.text.forward_by_length(batch["input_ids"], batch["attention_mask"])
         losses: dict[str, Tensor] = {}
         targets = self.teacher_targets(batch) if self.needs_teacher else None
         if targets is not None:
