@@ -12,7 +12,14 @@ import pytest
 from PIL import Image
 
 from dcclip.eval.datasets import ClassificationDataset, RetrievalDataset, open_dataset
-from dcclip.eval.models import BundleModel, ModelLoadError, StudentModel, TeacherModel, load_model
+from dcclip.eval.models import (
+    BundleModel,
+    ModelLoadError,
+    RememberedTexts,
+    StudentModel,
+    TeacherModel,
+    load_model,
+)
 from dcclip.eval.report import run_eval
 
 WORLD_LANGS = ["en", "zh", "ja", "ko", "fr", "de", "es", "ru", "ar", "hi"]
@@ -174,3 +181,34 @@ def test_run_eval_compare_student_and_teacher_on_the_world(world, student_run, s
     assert retrieval["results"]["tiny"]["zh"]["n_texts"] == 40
     aligned = run_eval("alignment", [student_run], world / "eval" / "retrieval", ["ar"], tmp_path / "al")
     assert set(aligned["results"]["tiny"]) == {"ar"} and aligned["results"]["tiny"]["ar"]["n"] == 40
+
+
+def test_remembered_texts_embed_each_caption_once_with_the_same_report(world, student_run, tmp_path):
+    class Counting:
+        """The student, counting the texts that reach it."""
+
+        def __init__(self, model):
+            self.model, self.name, self.ref, self.kind, self.texts = model, model.name, model.ref, model.kind, 0
+
+        def embed_images(self, images):
+            return self.model.embed_images(images)
+
+        def embed_texts(self, texts):
+            self.texts += len(texts)
+            return self.model.embed_texts(texts)
+
+    plain = load_model(student_run, name="tiny")
+    counted = Counting(plain)
+    shared = RememberedTexts(counted)
+    retrieval = world / "eval" / "retrieval"
+    for task in ("retrieval", "alignment"):
+        expected = run_eval(task, [plain], retrieval, ["en", "zh"], tmp_path / f"{task}_plain", progress=False)
+        got = run_eval(task, [shared], retrieval, ["en", "zh"], tmp_path / task, progress=False, names=["tiny"])
+        for lang, figures in expected["results"]["tiny"].items():
+            for key, value in figures.items():
+                assert got["results"]["tiny"][lang][key] == pytest.approx(value, abs=1e-6), (task, lang, key)
+    captions = run_eval("retrieval", [plain], retrieval, ["en", "zh"], tmp_path / "n", progress=False)["results"]
+    distinct = counted.texts
+    assert distinct <= sum(figures["n_texts"] for figures in captions["tiny"].values())  # alignment added none
+    shared.embed_texts(["a caption nobody wrote", "a caption nobody wrote"])
+    assert counted.texts == distinct + 1

@@ -201,6 +201,7 @@ def eval_models(s: DemoSettings) -> tuple[list[str], list[str]]:
 
 
 def step_eval(s: DemoSettings) -> dict[str, Any]:
+    from dcclip.eval.models import RememberedTexts, load_model
     from dcclip.eval.report import run_eval
 
     p = s.paths()
@@ -211,10 +212,12 @@ def step_eval(s: DemoSettings) -> dict[str, Any]:
         reports[f"zeroshot_{dataset}"] = run_eval(
             "zeroshot", refs, p["world"] / "eval" / dataset, langs, p["eval"] / f"zeroshot_{dataset}", names=names
         )
-    for task in ("retrieval", "alignment") if s.full_report else ():
-        reports[task] = run_eval(
-            task, refs[:3], p["world"] / "eval" / "retrieval", None, p["eval"] / task, names=names[:3]
-        )
+    if s.full_report:  # both passes read the same captions: each model is loaded once and embeds each caption once
+        shared = [RememberedTexts(load_model(ref, name=name)) for ref, name in zip(refs[:3], names[:3], strict=True)]
+        for task in ("retrieval", "alignment"):
+            reports[task] = run_eval(
+                task, shared, p["world"] / "eval" / "retrieval", None, p["eval"] / task, names=names[:3]
+            )
     return {name: {"results": r["results"], "mean": r["mean"]} for name, r in reports.items()}
 
 

@@ -197,6 +197,35 @@ class BundleModel:
         return _embed_batched(lambda chunk: self.runtime.embed_texts(list(chunk)), _check_texts(texts), self.batch_size)
 
 
+class RememberedTexts:
+    """Any EmbeddingModel, embedding each distinct text once and remembering it for later calls.
+
+    For several evaluations of one model over the same captions: the demo's retrieval and alignment passes read the
+    same 9,000 captions, and templated captions repeat within one pass too.
+    """
+
+    def __init__(self, model: EmbeddingModel) -> None:
+        self.model = model
+        self.name = model.name
+        self.ref = getattr(model, "ref", model.name)
+        self.kind = getattr(model, "kind", type(model).__name__)
+        self._rows: dict[str, np.ndarray] = {}
+
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        """The wrapped model's image embeddings (not remembered)."""
+        return self.model.embed_images(images)
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Embeddings of ``texts``; only texts not seen before go through the model."""
+        texts = _check_texts(texts)
+        new = [text for text in dict.fromkeys(texts) if text not in self._rows]
+        if new:
+            self._rows.update(zip(new, self.model.embed_texts(new), strict=True))
+        if not texts:
+            return self.model.embed_texts([])
+        return np.stack([self._rows[text] for text in texts])
+
+
 def default_name(ref: str, text_spec: str = "") -> str:
     """A short report label from a reference: the last path part (``run/step-N`` for checkpoints), spec backend kept."""
     prefix = next((p for p in PREFIXES if ref.startswith(p)), "")
