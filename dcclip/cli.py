@@ -192,6 +192,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         eval_set=[Path(p) for p in args.eval_set] if args.eval_set else None,
         min_agreement=args.min_agreement,
         timing=TimingPlan(batches=tuple(args.time_batch)) if args.time_batch else None,
+        exporter=args.exporter,
     )
     print(
         json.dumps({"bundle": args.out, "precisions": manifest["precisions"], "parity": manifest["parity"]}, indent=2)
@@ -476,6 +477,13 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="top-1 agreement an int8 tower needs with fp32 to ship int8 (default 0.97); below it the tower ships fp32",
+    )
+    e.add_argument(
+        "--exporter",
+        choices=["auto", "dynamo", "torchscript"],
+        default="auto",
+        help="auto: torch's dynamo exporter, TorchScript where dynamo fails or misses parity; torchscript is several "
+        "times faster on small models (deprecated by torch); every graph is checked against torch the same way",
     )
     e.set_defaults(func=_cmd_export)
 

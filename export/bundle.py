@@ -73,6 +73,8 @@ from .validate import validate_export as measure_parity
 __all__ = ["LOGIT_SCALE_MAX", "PRECISION_CHOICES", "export_bundle"]
 
 log = logging.getLogger(__name__)
+# --exporter: the exporters tried, in order (the first whose graph checks out and meets fp32 parity is kept)
+EXPORTER_CHOICES = {"auto": EXPORTERS, "dynamo": ("dynamo",), "torchscript": ("torchscript",)}
 
 PRECISION_CHOICES = ("fp32", "int8", "both", "auto")
 LOGIT_SCALE_MAX = 100.0
@@ -89,6 +91,7 @@ def export_bundle(
     min_agreement: float | None = None,
     timing: TimingPlan | None = None,
     timer: Timer | None = None,
+    exporter: str = "auto",
 ) -> dict[str, Any]:
     """Export, validate and (for int8) quantise a student checkpoint into the bundle ``out``; returns its manifest.
 
@@ -98,9 +101,13 @@ def export_bundle(
     INT8_MIN_AGREEMENT) is the share of top-1 decisions an int8 tower must keep; a tower below it ships fp32.
     ``precision="auto"`` also times both precisions per tower under ``timing`` (default TimingPlan()) with ``timer``
     (default: onnxruntime on this machine; tests pass their own) and records which one the runtime should load.
+    ``exporter``: ``auto`` (torch's dynamo exporter, TorchScript where dynamo fails or misses parity), ``dynamo`` or
+    ``torchscript`` only (several times faster on small models, deprecated by torch; parity is checked the same way).
     """
     if precision not in PRECISION_CHOICES:
         raise ValueError(f"precision must be one of {PRECISION_CHOICES}, got {precision!r}")
+    if exporter not in EXPORTER_CHOICES:
+        raise ValueError(f"exporter must be one of {tuple(EXPORTER_CHOICES)}, got {exporter!r}")
     min_agreement = INT8_MIN_AGREEMENT if min_agreement is None else min_agreement
     _check_min_agreement(min_agreement)
     out = Path(out)
@@ -112,7 +119,10 @@ def export_bundle(
         timing = timing or TimingPlan()
         auto = (timing, timer or onnx_timer(timing))
     with atomic_dir(out) as staging:
-        manifest = _build(loaded, staging, precisions, calib_shards, eval_set_paths(eval_set), min_agreement, auto)
+        manifest = _build(
+            loaded, staging, precisions, calib_shards, eval_set_paths(eval_set), min_agreement, auto,
+            EXPORTER_CHOICES[exporter],
+        )  # fmt: skip
     log.info("bundle written to %s (%s)", out, ", ".join(precisions))
     return manifest
 
@@ -131,6 +141,7 @@ def _build(
     eval_sets: list[Path],
     min_agreement: float,
     auto: tuple[TimingPlan, Timer] | None = None,
+    exporters: tuple[str, ...] = EXPORTERS,
 ) -> dict[str, Any]:
     """Every file of the bundle in ``staging``, then its manifest (with the measured precision choice if ``auto``)."""
     images = calibration_images(calib_shards, DEFAULT_CALIB_IMAGES) if calib_shards else []
@@ -140,7 +151,7 @@ def _build(
     tokenizer, reference = loaded.tokenizer, MemoEncoder(TorchEncoder(loaded.model))  # a TorchScript retry re-uses it
     with tempfile.TemporaryDirectory(prefix="dcclip-export-") as work:
         fp32_dir = staging if "fp32" in precisions else Path(work)
-        records, parity = _export_fp32(loaded, fp32_dir, max_len, inputs, reference)
+        records, parity = _export_fp32(loaded, fp32_dir, max_len, inputs, reference, exporters)
         fp32_files = {role: Path(record.path) for role, record in records.items()}
         quantization, timings = None, {}
         if "int8" in precisions:
@@ -210,14 +221,21 @@ def _export_tower(
 
 
 def _export_fp32(
-    loaded: LoadedStudent, out_dir: Path, max_len: int, inputs: ValidationInputs, reference: Encoder
+    loaded: LoadedStudent,
+    out_dir: Path,
+    max_len: int,
+    inputs: ValidationInputs,
+    reference: Encoder,
+    exporters: tuple[str, ...] = EXPORTERS,
 ) -> tuple[dict[str, ExportRecord], dict[str, Any]]:
-    """Both towers in fp32, checked against torch; a dynamo graph that fails parity is re-exported by TorchScript."""
-    records = {role: _export_tower(loaded, role, out_dir, max_len) for role in ("image", "text")}
+    """Both towers in fp32, checked against torch; a dynamo graph that fails parity is re-exported by TorchScript
+    when ``exporters`` allow it."""
+    records = {role: _export_tower(loaded, role, out_dir, max_len, exporters) for role in ("image", "text")}
     try:
         return records, {"fp32": _fp32_parity(records, inputs, loaded, reference, max_len)}
     except ExportError as exc:
-        retry = [role for role in failing_towers(exc.report or {}) if records[role].exporter == "dynamo"]
+        failing = failing_towers(exc.report or {})
+        retry = [role for role in failing if records[role].exporter == "dynamo" and "torchscript" in exporters]
         if exc.report is None or not retry:
             raise
         reason = f"dynamo graph failed fp32 parity: {exc}"

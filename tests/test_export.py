@@ -373,6 +373,29 @@ def test_demo_student_fp32_and_int8_static_qdq(tmp_path, monkeypatch):
     print("demo-student parity:", json.dumps({k: v["min_cosine"] for k, v in manifest["parity"].items()}))
 
 
+def test_exporter_choice_is_honoured(tiny, tmp_path, monkeypatch):
+    import dcclip.export.bundle as bundle_module
+
+    _, loaded, _, shards = tiny
+    manifest = export_bundle(loaded.path, tmp_path / "ts", "fp32", str(shards), None, exporter="torchscript")
+    assert {record["exporter"] for record in manifest["exporter"].values()} == {"torchscript"}
+    assert manifest["parity"]["fp32"]["min_cosine"] >= 0.9999  # checked against torch like any other graph
+
+    real = bundle_module._fp32_parity
+
+    def always_drifts(records, *args):
+        report = real(records, *args)
+        report["image"]["min_cosine"] = 0.5
+        raise ExportError("simulated parity failure", report)
+
+    monkeypatch.setattr(bundle_module, "_fp32_parity", always_drifts)
+    with pytest.raises(ExportError, match="simulated parity failure"):  # dynamo only: no TorchScript retry
+        export_bundle(loaded.path, tmp_path / "dyn", "fp32", str(shards), None, exporter="dynamo")
+    assert not (tmp_path / "dyn").exists()
+    with pytest.raises(ValueError, match="exporter must be one of"):
+        export_bundle(loaded.path, tmp_path / "bad", "fp32", str(shards), None, exporter="onnxscript")
+
+
 def test_int8_only_bundle_and_torchscript_retry_after_failed_parity(tiny, tmp_path, monkeypatch):
     import dcclip.export.bundle as bundle_module
 
