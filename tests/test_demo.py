@@ -24,6 +24,16 @@ def tiny(out) -> DemoSettings:
     )
 
 
+def test_student_at_another_input_size_is_a_copy_of_the_shipped_one(tmp_path):
+    from dcclip.models.students import load_student_config
+
+    assert demo.student_arch(DemoSettings(out=tmp_path)) == []  # 48 px: the shipped architecture as is
+    (override,) = demo.student_arch(DemoSettings(out=tmp_path, image_size=32))
+    arch, _ = load_student_config(override.split("=", 1)[1])
+    shipped, _ = load_student_config(demo.DEMO_STUDENT)
+    assert arch["image"]["image_size"] == 32 and {**arch, "image": shipped["image"]} == shipped
+
+
 @pytest.mark.slow
 def test_tiny_demo_end_to_end_then_reuse_and_recover(tmp_path, monkeypatch, capsys):
     settings = tiny(tmp_path / "demo")

@@ -64,3 +64,25 @@ def _image_steps_then_stop(steps_done: int):
         raise RuntimeError("stopped")
 
     return phase
+
+
+@pytest.mark.slow
+def test_smaller_teacher_input_is_saved_and_skips_the_low_resolution_phase(toy_world, tmp_path, monkeypatch):
+    import json
+
+    import open_clip
+
+    seen: list[int] = []
+    original = open_clip.timm_model.TimmModel.forward
+
+    def recording_forward(self, x):
+        if self.training:
+            seen.append(int(x.shape[-1]))
+        return original(self, x)
+
+    monkeypatch.setattr(open_clip.timm_model.TimmModel, "forward", recording_forward)
+    recipe = TeacherRecipe(image_steps=2, text_steps=1, batch_size=8, text_batch_size=8, image_size=32)
+    train_demo_teacher(toy_world, tmp_path / "t32", recipe)
+    assert seen == [32, 32]
+    saved = json.loads((tmp_path / "t32" / "open_clip_config.json").read_text())
+    assert saved["model_cfg"]["vision_cfg"]["image_size"] == 32 and saved["preprocess_cfg"]["size"] == 32

@@ -28,6 +28,7 @@ from dcclip.io import write_json_atomic
 
 STATE_FILE = "steps.json"
 EVAL_SETS = ("shapes", "digits")
+DEMO_STUDENT = "demo-student"  # configs/demo.yaml's student.model
 
 
 class DemoStepError(RuntimeError):
@@ -48,6 +49,7 @@ class DemoSettings:
     vocab_size: int = 4000
     seed: int = 0
     teacher_batch_size: int = 128
+    image_size: int = 48  # input side of teacher and student (the CI gate runs at 32: 0.5x the cost per step)
     # False: zero-shot only (no retrieval / alignment eval, no speed and size step), for the CI quality gate
     full_report: bool = True
     eval_langs: tuple[str, ...] | None = None  # languages of the zero-shot evals (None: all the world has)
@@ -131,7 +133,7 @@ def step_teacher(s: DemoSettings) -> dict[str, Any]:
 
     recipe = TeacherRecipe(
         image_steps=s.teacher_image_steps, text_steps=s.teacher_text_steps, batch_size=s.teacher_batch_size,
-        seed=s.seed,
+        seed=s.seed, image_size=s.image_size,
     )  # fmt: skip
     return train_demo_teacher(s.paths()["world"], s.paths()["teacher"], recipe)
 
@@ -166,10 +168,24 @@ def run_config(s: DemoSettings, name: str, out: Path, steps: int, extra: list[st
     return load_config(name, overrides)
 
 
+def student_arch(s: DemoSettings) -> list[str]:
+    """The demo student at ``s.image_size``: the shipped architecture, or a copy of it at another input size."""
+    from dcclip.models.students import load_student_config
+
+    arch, _ = load_student_config(DEMO_STUDENT)
+    if arch["image"]["image_size"] == s.image_size:
+        return []
+    arch["image"]["image_size"] = s.image_size
+    path = s.paths()["distill"].parent / f"{DEMO_STUDENT}-{s.image_size}px.json"
+    write_json_atomic(path, arch)
+    return [f"student.model={path}"]
+
+
 def step_distill(s: DemoSettings) -> dict[str, Any]:
     from dcclip.stages.distill import run
 
-    return run(run_config(s, "demo", s.paths()["distill"], s.distill_steps, s.overrides.get("distill")))
+    extra = [*student_arch(s), *s.overrides.get("distill", [])]
+    return run(run_config(s, "demo", s.paths()["distill"], s.distill_steps, extra))
 
 
 def step_align(s: DemoSettings) -> dict[str, Any]:
@@ -242,7 +258,8 @@ def build_steps(s: DemoSettings) -> list[Step]:
         Step("world", "toy world: shards + eval sets", world, lambda: step_world(s), [p["world"]]),
         Step("teacher", "demo teacher (English captions only)",
              {"image_steps": s.teacher_image_steps, "text_steps": s.teacher_text_steps,
-              "batch_size": s.teacher_batch_size}, lambda: step_teacher(s), [p["teacher"]], ["world"]),
+              "batch_size": s.teacher_batch_size, "image_size": s.image_size}, lambda: step_teacher(s), [p["teacher"]],
+             ["world"]),
         Step("tokenizer", "multilingual tokenizer", {"vocab": s.vocab_size}, lambda: step_tokenizer(s),
              [p["tokenizer"]], ["world"]),
         Step("distill", "stage 1: feature distillation",

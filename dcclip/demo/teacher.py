@@ -58,6 +58,7 @@ class TeacherRecipe:
     seed: int = 0
     low_res_size: int = 32  # side of the warped views early in phase 1 (0: always the tower's own size)
     low_res_fraction: float = 0.6  # share of the phase-1 steps taken at low_res_size
+    image_size: int = 0  # the image tower's input side (0: demo-teacher's own, 48); the CI gate trains at 32
 
 
 class OpenClipTokens:
@@ -278,6 +279,8 @@ def train_demo_teacher(world: Path, out: Path, recipe: TeacherRecipe | None = No
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
     model_cfg = demo_model_config()
+    if recipe.image_size:
+        model_cfg["vision_cfg"]["image_size"] = recipe.image_size
     model = open_clip.model.CLIP(**model_cfg)
     pre = Preprocess(image_size=int(model_cfg["vision_cfg"]["image_size"]))
     decoded = decode_shard_set(str(train_dir), [pre], progress=True)
@@ -287,7 +290,9 @@ def train_demo_teacher(world: Path, out: Path, recipe: TeacherRecipe | None = No
         data = DataConfig(train=str(train_dir), langs=("en",), caption_sampling="uniform", batch_size=batch_size)
         return MemoryLoader(data, decoded, pre, tokens, seed=recipe.seed)
 
-    low_res = (recipe.low_res_size, round(recipe.low_res_fraction * recipe.image_steps))
+    low_res = (0, 0)  # no low-resolution phase when the tower's own input is no larger
+    if 0 < recipe.low_res_size < pre.image_size:
+        low_res = (recipe.low_res_size, round(recipe.low_res_fraction * recipe.image_steps))
     image_task = LabelledImageTask(model, world_labels(decoded.meta), decoded.keys, low_res=low_res)
     image = _phase(
         image_task, loader(recipe.batch_size), out, "image", recipe.image_steps, recipe.image_lr, recipe,
