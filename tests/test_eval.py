@@ -519,3 +519,38 @@ def test_report_without_matplotlib_skips_charts(tmp_path, monkeypatch):
     report = run_eval("zeroshot", [ranked_model()], write_classification_set(tmp_path / "cls"), ["en"], tmp_path / "o")
     assert report["files"]["charts"] == {} and not list((tmp_path / "o").glob("*.png"))
     assert json.loads((tmp_path / "o" / "report.json").read_text())["results"]["ranked"]["en"]["top1"] == 0.7
+
+
+def test_each_loaded_model_is_released_before_the_next_and_collected_only_when_in_a_cycle(tmp_path, monkeypatch):
+    import gc
+    import weakref
+
+    import dcclip.eval.report as report_module
+
+    root = write_classification_set(tmp_path / "cls")
+    loaded: list[weakref.ref] = []
+    alive_at_load: list[bool] = []
+    collections: list[int] = []
+    real_collect = gc.collect
+
+    def fake_load_model(ref, name, **kwargs):
+        alive_at_load.append(any(previous() is not None for previous in loaded))
+        model = ranked_model(name)
+        if ref.endswith("cyclic"):
+            model.itself = model  # only the cycle collector can free it
+        loaded.append(weakref.ref(model))
+        return model
+
+    def counting_collect(*args):
+        collections.append(1)
+        return real_collect(*args)
+
+    monkeypatch.setattr(report_module, "load_model", fake_load_model)
+    monkeypatch.setattr(report_module.gc, "collect", counting_collect)
+    refs = [str(tmp_path / "plain"), str(tmp_path / "cyclic"), str(tmp_path / "plain2")]
+    report = run_eval("zeroshot", refs, root, ["en"], tmp_path / "out", batch_size=4, progress=False)
+
+    assert report["results"]["plain"]["en"]["top1"] == pytest.approx(0.7)
+    assert alive_at_load == [False, False, False]  # one model in memory at a time, the cyclic one included
+    assert len(collections) == 1  # refcounting freed the acyclic models: no full collection for them
+    assert all(ref() is None for ref in loaded)

@@ -21,7 +21,8 @@ import os
 import re
 import sys
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +123,22 @@ def _load(ref: ModelRef, label: str, device: str, batch_size: int, teacher_text:
     return load_model(ref, device=device, name=label, text_spec=text_spec, batch_size=batch_size)
 
 
-def _free_memory() -> None:
-    """Return a released model's memory before the next one loads (CPU and, when torch is in use, the CUDA cache)."""
-    gc.collect()
+def _watch(model: Any) -> Callable[[], object]:
+    """A weak reference to a loaded model (a stand-in that always answers "alive" where one cannot be taken)."""
+    try:
+        return weakref.ref(model)
+    except TypeError:
+        return lambda: True
+
+
+def _free_memory(released: Callable[[], object]) -> None:
+    """Return a released model's memory before the next one loads (CPU and, when torch is in use, the CUDA cache).
+
+    A full collection runs only when a reference cycle kept the model alive: it walks every object in the process
+    (0.3-0.5 s once transformers and open_clip are imported), while refcounting frees an acyclic model at ``del``.
+    """
+    if released() is not None:
+        gc.collect()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -401,8 +415,10 @@ def _evaluate_one(
         "results": results,
         "seconds": {"load": round(loaded - start, 3), "eval": round(done - loaded, 3), "total": round(done - start, 3)},
     }
-    del model  # the last reference: only one model is in memory at a time
-    _free_memory()
+    if _is_ref(ref):  # loaded here: release it, so only one model is in memory at a time
+        released = _watch(model)
+        del model
+        _free_memory(released)
     return entry
 
 
