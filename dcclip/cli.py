@@ -418,7 +418,7 @@ def _add_teacher(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--world", required=True, help="toy world directory (from `dcclip world`)")
     t.add_argument("--out", required=True, help="output directory (an open_clip local-dir checkpoint)")
     t.add_argument("--image-steps", type=int, help="phase 1, image tower on the world's labels (default 1400)")
-    t.add_argument("--text-steps", type=int, help="phase 2, text tower against the locked image tower (default 150)")
+    t.add_argument("--text-steps", type=int, help="phase 2, text tower against the locked image tower (default 80)")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_cmd_teacher_train_demo)
 

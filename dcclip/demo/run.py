@@ -43,7 +43,7 @@ class DemoSettings:
     train_samples: int = 6000
     eval_samples: int = 900  # per eval set: 10 images per class for the 90 shape classes, 90 per digit
     teacher_image_steps: int = 1400
-    teacher_text_steps: int = 150
+    teacher_text_steps: int = 80
     distill_steps: int = 1000
     align_steps: int = 150
     vocab_size: int = 4000

@@ -50,7 +50,7 @@ class TeacherRecipe:
     """Steps, batch sizes and learning rates of the two phases (defaults: about 5 minutes on 2 cores)."""
 
     image_steps: int = 1400
-    text_steps: int = 150
+    text_steps: int = 80
     batch_size: int = 128
     text_batch_size: int = 256
     image_lr: float = 1e-2
