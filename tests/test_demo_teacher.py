@@ -22,9 +22,8 @@ def test_warp_can_sample_the_view_on_a_smaller_grid():
     assert torch.allclose(small, expected, atol=1e-5)
 
 
-@pytest.mark.slow
-def test_phase_one_switches_resolution_by_step_and_keeps_it_after_a_resume(toy_world, tmp_path, monkeypatch):
-    """4 image steps with 50% at 32 px: the tower sees 32, 32, 48, 48 — also when the run stops after step 2."""
+def record_training_input_sizes(monkeypatch) -> list[int]:
+    """Make open_clip's timm tower record the side of every training input; returns the (growing) record."""
     import open_clip
 
     seen: list[int] = []
@@ -36,6 +35,13 @@ def test_phase_one_switches_resolution_by_step_and_keeps_it_after_a_resume(toy_w
         return original(self, x)
 
     monkeypatch.setattr(open_clip.timm_model.TimmModel, "forward", recording_forward)
+    return seen
+
+
+@pytest.mark.slow
+def test_phase_one_switches_resolution_by_step_and_keeps_it_after_a_resume(toy_world, tmp_path, monkeypatch):
+    """4 image steps with 50% at 32 px: the tower sees 32, 32, 48, 48 — also when the run stops after step 2."""
+    seen = record_training_input_sizes(monkeypatch)
     recipe = TeacherRecipe(image_steps=4, text_steps=1, batch_size=8, text_batch_size=8, low_res_fraction=0.5)
     train_demo_teacher(toy_world, tmp_path / "whole", recipe)
     assert seen == [32, 32, 48, 48]
@@ -45,9 +51,9 @@ def test_phase_one_switches_resolution_by_step_and_keeps_it_after_a_resume(toy_w
     with pytest.raises(RuntimeError, match="stopped"):
         train_demo_teacher(toy_world, tmp_path / "resumed", recipe)
     monkeypatch.undo()
-    monkeypatch.setattr(open_clip.timm_model.TimmModel, "forward", recording_forward)
+    resumed = record_training_input_sizes(monkeypatch)
     summary = train_demo_teacher(toy_world, tmp_path / "resumed", recipe)
-    assert seen == [32, 32, 48, 48]  # two steps before the stop at low resolution, two after it at full
+    assert (seen, resumed) == ([32, 32], [48, 48])  # two steps before the stop at low resolution, two after at full
     assert summary["steps"] == {"image": 4, "text": 1}
     assert math.isfinite(summary["final_loss"]["image"])
 
@@ -70,17 +76,7 @@ def _image_steps_then_stop(steps_done: int):
 def test_smaller_teacher_input_is_saved_and_skips_the_low_resolution_phase(toy_world, tmp_path, monkeypatch):
     import json
 
-    import open_clip
-
-    seen: list[int] = []
-    original = open_clip.timm_model.TimmModel.forward
-
-    def recording_forward(self, x):
-        if self.training:
-            seen.append(int(x.shape[-1]))
-        return original(self, x)
-
-    monkeypatch.setattr(open_clip.timm_model.TimmModel, "forward", recording_forward)
+    seen = record_training_input_sizes(monkeypatch)
     recipe = TeacherRecipe(image_steps=2, text_steps=1, batch_size=8, text_batch_size=8, image_size=32)
     train_demo_teacher(toy_world, tmp_path / "t32", recipe)
     assert seen == [32, 32]
