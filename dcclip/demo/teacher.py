@@ -47,7 +47,7 @@ HEADS = {"pair": 90, "colour": 10, "shape": 9, "digit": 10}
 
 @dataclass(frozen=True)
 class TeacherRecipe:
-    """Steps, batch sizes and learning rates of the two phases (defaults: about 5 minutes on 2 cores)."""
+    """Steps, batch sizes and learning rates of the two phases (defaults: about 3.5 minutes on 2 cores)."""
 
     image_steps: int = 1400
     text_steps: int = 80

@@ -22,7 +22,7 @@ import re
 import sys
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -123,21 +123,14 @@ def _load(ref: ModelRef, label: str, device: str, batch_size: int, teacher_text:
     return load_model(ref, device=device, name=label, text_spec=text_spec, batch_size=batch_size)
 
 
-def _watch(model: Any) -> Callable[[], object]:
-    """A weak reference to a loaded model (a stand-in that always answers "alive" where one cannot be taken)."""
-    try:
-        return weakref.ref(model)
-    except TypeError:
-        return lambda: True
-
-
-def _free_memory(released: Callable[[], object]) -> None:
+def _free_memory(collect: bool) -> None:
     """Return a released model's memory before the next one loads (CPU and, when torch is in use, the CUDA cache).
 
-    A full collection runs only when a reference cycle kept the model alive: it walks every object in the process
-    (0.3-0.5 s once transformers and open_clip are imported), while refcounting frees an acyclic model at ``del``.
+    ``collect``: a reference cycle kept the model alive. Only then does a full collection run: it walks every object
+    in the process (0.3-0.5 s once transformers and open_clip are imported), while refcounting frees an acyclic model
+    at ``del``.
     """
-    if released() is not None:
+    if collect:
         gc.collect()
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
@@ -416,9 +409,9 @@ def _evaluate_one(
         "seconds": {"load": round(loaded - start, 3), "eval": round(done - loaded, 3), "total": round(done - start, 3)},
     }
     if _is_ref(ref):  # loaded here: release it, so only one model is in memory at a time
-        released = _watch(model)
+        released = weakref.ref(model)
         del model
-        _free_memory(released)
+        _free_memory(collect=released() is not None)
     return entry
 
 
