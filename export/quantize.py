@@ -28,6 +28,11 @@ shapes and of digits, every image in ten languages), one tower in int8 at a time
   ships that tower in fp32. On both demo students the image tower stays below 97% even with half its convolutions
   (ResNet: 0.96 / 0.97) or three quarters (MobileNet: 0.87 / 0.91) in float, so it ships fp32; their top-1 margins
   are small (a median of 0.04 in cosine), and every int8 tensor moves some decisions.
+- So a convolutional tower that misses the bar under both static plans is tried once more with its weights alone in
+  int8 (plan 'weights_int8': per-channel 8-bit codes, float activations, no calibration) before it ships fp32. On the
+  demo's ResNet student after stage 2 (75 steps): all_int8 0.940, early_fp32 0.959, weights_int8 0.978 on shapes, so
+  the int8 bundle keeps an image tower a third the size of fp32's, at fp32's speed (onnxruntime folds the weights'
+  Cast and Mul back to float when it loads the graph; measured 0.356 against 0.358 ms at batch 1).
 """
 
 from __future__ import annotations
@@ -82,7 +87,9 @@ DEFAULT_CALIB_IMAGES = 256
 CALIB_BATCH = 16
 EARLY_FLOAT_SHARE = 0.25  # the 'early_fp32' plan keeps the first quarter of a convolutional graph in float
 # Plans tried in order for each method until the tower agrees with fp32 well enough (the caller decides).
-PLANS = {"static_qdq": ("all_int8", "early_fp32"), "dynamic": ("all_int8",)}
+# 'weights_int8' stores every convolution's weights in int8 and keeps activations in float: the size of int8 without
+# activation rounding, at fp32's speed (see ``_weights_only``).
+PLANS = {"static_qdq": ("all_int8", "early_fp32", "weights_int8"), "dynamic": ("all_int8",)}
 
 
 class ImageCalibrationReader(CalibrationDataReader):
@@ -209,7 +216,9 @@ class TowerQuantizer:
         if plan not in self.plans:
             raise ValueError(f"plan must be one of {self.plans} for a {self.method} tower, got {plan!r}")
         keep = float_nodes(self.model, plan, dynamic=self.method == "dynamic")
-        if self.method == "static_qdq":
+        if plan == "weights_int8":
+            details = _weights_only(self.source, Path(out_path), keep)
+        elif self.method == "static_qdq":
             details = _static(self.source, Path(out_path), self.pixels, keep, self.calibration_cache)
         else:
             details = _dynamic(self.source, Path(out_path), keep)
@@ -356,6 +365,63 @@ def _static(source: Path, out_path: Path, pixels: np.ndarray, keep_float: list[s
         "weight_type": "int8 (7-bit range)",
         "calibration": {"method": "MinMax", "images": len(pixels)},
     }
+
+
+def _weights_only(source: Path, out_path: Path, keep_float: list[str]) -> dict[str, Any]:
+    """Weight-only int8: each constant Conv weight is stored as int8 codes (symmetric, one scale per output channel,
+    the full 8 bits) and rebuilt as ``Cast(codes) * scale``; activations stay float.
+
+    Only the weights' rounding can move a decision. The file is about as small as static int8, and onnxruntime
+    folds the constant Cast and Mul into float weights when it loads the graph, so the tower runs at fp32's speed
+    with no session option (a DequantizeLinear would be kept and re-run on every call). No calibration is needed.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(source))
+    graph, keep = model.graph, set(keep_float)
+    initializers = {init.name: init for init in graph.initializer}
+    rebuilt: dict[str, str] = {}  # float weight initializer -> the output of the Cast * scale that replaces it
+    new_nodes = []
+    for node in graph.node:
+        weight = node.input[1] if node.op_type == "Conv" and len(node.input) > 1 else None
+        if weight is None or node.name in keep or weight not in initializers:
+            continue
+        if weight not in rebuilt:
+            values = numpy_helper.to_array(initializers[weight]).astype(np.float32)
+            codes, scale = _int8_per_channel(values)
+            codes_name, scale_name, cast_name = f"{weight}_int8", f"{weight}_scale", f"{weight}_int8_as_float"
+            graph.initializer.extend(
+                [numpy_helper.from_array(codes, codes_name), numpy_helper.from_array(scale, scale_name)]
+            )
+            rebuilt[weight] = f"{weight}_dequantized"
+            new_nodes += [
+                helper.make_node("Cast", [codes_name], [cast_name], f"{weight}_Cast", to=TensorProto.FLOAT),
+                helper.make_node("Mul", [cast_name, scale_name], [rebuilt[weight]], f"{weight}_Scale"),
+            ]
+        node.input[1] = rebuilt[weight]
+    still_used = {name for node in graph.node for name in node.input}
+    kept = [init for init in graph.initializer if init.name not in rebuilt or init.name in still_used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = new_nodes + list(graph.node)  # the new nodes read initializers only: first keeps the order topological
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(out_path))
+    return {
+        "format": "weight-only",
+        "weight_type": "int8 per output channel",
+        "activations": "float",
+        "convs": len(rebuilt),
+    }
+
+
+def _int8_per_channel(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 codes in [-127, 127] and one float scale per output channel, shaped [C, 1, ...] to broadcast."""
+    flat = weights.reshape(weights.shape[0], -1)
+    scale = np.abs(flat).max(axis=1) / 127.0
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32).reshape(-1, *([1] * (weights.ndim - 1)))
+    codes = np.clip(np.rint(weights / scale), -127, 127).astype(np.int8)
+    return codes, scale
 
 
 def _supports_calibration_cache() -> bool:

@@ -18,7 +18,14 @@ from dcclip.export.bundle import export_bundle, fallback_reasons
 from dcclip.export.quantize import TowerQuantizer, calibration_images, count_ops, float_nodes, output_tail
 from dcclip.export.validate import AgreementProbe, OnnxEncoder, prepare_inputs, tower_agreement
 from dcclip.models.students import load_student_checkpoint
-from dcclip.runtime.bundle import load_bundle_model, seal_manifest, sha256_file, shipped_precision, verify_bundle
+from dcclip.runtime.bundle import (
+    IMAGE_INPUT,
+    load_bundle_model,
+    seal_manifest,
+    sha256_file,
+    shipped_precision,
+    verify_bundle,
+)
 from dcclip.runtime.classifier import ZeroShotClassifier
 from dcclip.runtime.errors import BundleError
 from dcclip.runtime.preprocess import decode_image
@@ -253,7 +260,7 @@ def test_plans_keep_the_tail_and_then_the_first_quarter_in_float(tiny, tmp_path)
     bundle, loaded, shards = tiny
     pixels = loaded.preprocess.batch(calibration_images(shards, 8)).astype(np.float32)
     quantizer = TowerQuantizer(bundle / "image.onnx", tmp_path, pixels)
-    assert quantizer.plans == ("all_int8", "early_fp32")
+    assert quantizer.plans == ("all_int8", "early_fp32", "weights_int8")
     tail = output_tail(quantizer.model)
     assert float_nodes(quantizer.model, "all_int8") == tail
     early = float_nodes(quantizer.model, "early_fp32")
@@ -268,6 +275,61 @@ def test_plans_keep_the_tail_and_then_the_first_quarter_in_float(tiny, tmp_path)
     with pytest.raises(ValueError, match="plan must be one of"):
         quantizer.quantize(tmp_path / "x.onnx", "everything_fp32")
     assert TowerQuantizer(bundle / "text.onnx", tmp_path / "text").plans == ("all_int8",)
+
+
+def test_weight_only_int8_stores_int8_convolution_weights_and_keeps_activations_float(tiny, tmp_path):
+    import onnxruntime as ort
+
+    bundle, loaded, shards = tiny
+    pixels = loaded.preprocess.batch(calibration_images(shards, 8)).astype(np.float32)
+    quantizer = TowerQuantizer(bundle / "image.onnx", tmp_path, pixels)
+    out = tmp_path / "weights.int8.onnx"
+    info = quantizer.quantize(out, "weights_int8")
+    assert info["plan"] == "weights_int8" and info["format"] == "weight-only" and info["activations"] == "float"
+    graph = onnx.load(str(out)).graph
+    initializers = {init.name: init for init in graph.initializer}
+    producers = {output: node for node in graph.node for output in node.output}
+    tail = set(output_tail(quantizer.model))
+    convs = [node for node in graph.node if node.op_type == "Conv" and node.name not in tail]
+    assert len(convs) == info["convs"] > 0
+    for conv in convs:
+        scale = producers[conv.input[1]]
+        assert scale.op_type == "Mul" and producers[scale.input[0]].op_type == "Cast", conv.name
+        codes = initializers[producers[scale.input[0]].input[0]]
+        assert codes.data_type == onnx.TensorProto.INT8, f"{conv.name}: weights stored as int8"
+    float_weights = {node.input[1] for node in quantizer.model.graph.node if node.op_type == "Conv"}
+    assert not float_weights & set(initializers), "the float copies of the weights are gone"
+    assert not {"QuantizeLinear", "DequantizeLinear"} & set(count_ops(out)), "activations are not quantised"
+    assert out.stat().st_size < 0.5 * (bundle / "image.onnx").stat().st_size
+    fp32, int8 = (
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {IMAGE_INPUT: pixels})[0]
+        for path in (bundle / "image.onnx", out)
+    )
+    assert np.min(np.sum(fp32 * int8, axis=1)) > 0.999, "8-bit weights alone barely move the embedding"
+
+
+def test_a_conv_tower_tries_weight_only_int8_when_both_static_plans_miss_the_bar(tiny, tmp_path, monkeypatch):
+    _, loaded, shards = tiny
+    real, plans = AgreementProbe.score, []
+    real_quantize = TowerQuantizer.quantize
+
+    def record(self, out_path, plan="all_int8"):
+        plans.append(plan)
+        return real_quantize(self, out_path, plan)
+
+    def static_plans_disagree(self, images=None, texts=None):
+        result = real(self, images, texts)
+        if images is not None and texts is None and plans[-1] != "weights_int8":
+            return result | {"top1_agreement": 0.9}
+        return result | {"top1_agreement": 1.0}  # weight-only int8 (and the pair) clear the bar
+
+    monkeypatch.setattr(TowerQuantizer, "quantize", record)
+    monkeypatch.setattr(AgreementProbe, "score", static_plans_disagree)
+    manifest = export_bundle(loaded.path, tmp_path / "b", "int8", str(shards), None, min_agreement=0.97)
+    image = manifest["quantization"]["image"]
+    assert [item["plan"] for item in image["plans_tried"]] == ["all_int8", "early_fp32", "weights_int8"]
+    assert image["plan"] == "weights_int8" and image["shipped"] == "int8"
+    assert count_ops(tmp_path / "b" / "image.int8.onnx")["Cast"] > 0
 
 
 def test_calibration_images_come_from_every_shard(tiny):
