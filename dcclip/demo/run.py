@@ -45,7 +45,7 @@ class DemoSettings:
     teacher_image_steps: int = 1400
     teacher_text_steps: int = 80
     distill_steps: int = 1000
-    align_steps: int = 150
+    align_steps: int = 75
     vocab_size: int = 4000
     seed: int = 0
     teacher_batch_size: int = 128
