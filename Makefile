@@ -20,7 +20,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 test: lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=10
 
 # The web page in a real headless Chromium against a real `dcclip serve` on loopback. Debian's chromium and
 # chromium-driver come from apt when missing (plus a CJK font for the screenshot); selenium drives them by path, so
