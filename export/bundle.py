@@ -394,8 +394,9 @@ def _quantize_until_agreed(
         tried.append({"plan": plan, "top1_agreement": figure["top1_agreement"]})
         if figure["top1_agreement"] >= min_agreement:
             break
-    if "calibration" in info:
-        info["calibration"]["source"] = info.pop("calibration_source")
+    source = info.pop("calibration_source", None)
+    if info.get("calibration"):  # a weight-only plan calibrates nothing
+        info["calibration"]["source"] = source
     return {**info, "plans_tried": tried}, figure, embeddings
 
 

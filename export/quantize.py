@@ -409,8 +409,10 @@ def _weights_only(source: Path, out_path: Path, keep_float: list[str]) -> dict[s
     onnx.save(model, str(out_path))
     return {
         "format": "weight-only",
-        "weight_type": "int8 per output channel",
+        "per_channel": True,
+        "weight_type": "int8 (8-bit, per output channel)",
         "activations": "float",
+        "calibration": None,  # nothing to calibrate: activations are not quantised
         "convs": len(rebuilt),
     }
 

@@ -360,8 +360,12 @@ def test_demo_student_fp32_and_int8_static_qdq(tmp_path, monkeypatch):
     assert list(workdir.iterdir()) == [], "export leaves nothing in the working directory"
     assert manifest["parity"]["fp32"]["min_cosine"] >= FP32_MIN_COSINE
     quant = manifest["quantization"]
-    assert quant["image"]["method"] == "static_qdq" and quant["image"]["per_channel"] is True
-    assert quant["image"]["calibration"]["source"] == "synthetic" and quant["image"]["conv_nodes"] >= 4
+    image = quant["image"]
+    assert image["method"] == "static_qdq" and image["per_channel"] is True and image["conv_nodes"] >= 4
+    if image["plan"] == "weights_int8":  # random weights: the static plans may miss the bar; weights alone need no data
+        assert image["calibration"] is None and image["activations"] == "float"
+    else:
+        assert image["calibration"]["source"] == "synthetic"
     assert quant["text"]["method"] == "dynamic"
     int8 = manifest["parity"]["int8"]
     assert int8["min_cosine"] > 0.9 and isinstance(int8["flagged"], bool)
