@@ -33,7 +33,7 @@ GATE = DemoSettings(
 )
 # Measured with these settings: teacher 42.8% digits / 16.7% shapes; students keep 47-58% of the teacher's digits in
 # en, zh, ar, hi (86 s in a fresh process on 2 cores: world 6, teacher 26, stage 1 26, stage 2 6, export 10, eval 7;
-# 68 s as a pytest call in another run of the same settings: the shared machine's speed varies). With stage 1's image
+# 68-79 s as a pytest call in other runs of the same settings: the shared machine's speed varies). With stage 1's image
 # losses switched off the student's image tower learns nothing: stage 1 keeps 17-26% of the teacher's digits (chance
 # is 23%) and the gate fails.
 TEACHER_MIN = {"zeroshot_digits": 0.30, "zeroshot_shapes": 0.06}
