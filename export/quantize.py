@@ -375,34 +375,19 @@ def _weights_only(source: Path, out_path: Path, keep_float: list[str]) -> dict[s
     folds the constant Cast and Mul into float weights when it loads the graph, so the tower runs at fp32's speed
     with no session option (a DequantizeLinear would be kept and re-run on every call). No calibration is needed.
     """
-    from onnx import TensorProto, helper, numpy_helper
-
     model = onnx.load(str(source))
     graph, keep = model.graph, set(keep_float)
     initializers = {init.name: init for init in graph.initializer}
     rebuilt: dict[str, str] = {}  # float weight initializer -> the output of the Cast * scale that replaces it
-    new_nodes = []
+    new_nodes: list[onnx.NodeProto] = []
     for node in graph.node:
         weight = node.input[1] if node.op_type == "Conv" and len(node.input) > 1 else None
         if weight is None or node.name in keep or weight not in initializers:
             continue
         if weight not in rebuilt:
-            values = numpy_helper.to_array(initializers[weight]).astype(np.float32)
-            codes, scale = _int8_per_channel(values)
-            codes_name, scale_name, cast_name = f"{weight}_int8", f"{weight}_scale", f"{weight}_int8_as_float"
-            graph.initializer.extend(
-                [numpy_helper.from_array(codes, codes_name), numpy_helper.from_array(scale, scale_name)]
-            )
-            rebuilt[weight] = f"{weight}_dequantized"
-            new_nodes += [
-                helper.make_node("Cast", [codes_name], [cast_name], f"{weight}_Cast", to=TensorProto.FLOAT),
-                helper.make_node("Mul", [cast_name, scale_name], [rebuilt[weight]], f"{weight}_Scale"),
-            ]
+            rebuilt[weight] = _add_int8_weight(graph, initializers[weight], new_nodes)
         node.input[1] = rebuilt[weight]
-    still_used = {name for node in graph.node for name in node.input}
-    kept = [init for init in graph.initializer if init.name not in rebuilt or init.name in still_used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    _drop_unused_initializers(graph, set(rebuilt))
     nodes = new_nodes + list(graph.node)  # the new nodes read initializers only: first keeps the order topological
     del graph.node[:]
     graph.node.extend(nodes)
@@ -415,6 +400,31 @@ def _weights_only(source: Path, out_path: Path, keep_float: list[str]) -> dict[s
         "calibration": None,  # nothing to calibrate: activations are not quantised
         "convs": len(rebuilt),
     }
+
+
+def _add_int8_weight(graph: onnx.GraphProto, weight: onnx.TensorProto, nodes: list[onnx.NodeProto]) -> str:
+    """Add ``weight``'s int8 codes and scales to ``graph`` and the Cast and Mul that rebuild it to ``nodes``; returns
+    the name of the rebuilt float weight."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    codes, scale = _int8_per_channel(numpy_helper.to_array(weight).astype(np.float32))
+    name = weight.name
+    graph.initializer.extend(
+        [numpy_helper.from_array(codes, f"{name}_int8"), numpy_helper.from_array(scale, f"{name}_scale")]
+    )
+    nodes += [
+        helper.make_node("Cast", [f"{name}_int8"], [f"{name}_int8_as_float"], f"{name}_Cast", to=TensorProto.FLOAT),
+        helper.make_node("Mul", [f"{name}_int8_as_float", f"{name}_scale"], [f"{name}_dequantized"], f"{name}_Scale"),
+    ]
+    return f"{name}_dequantized"
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto, candidates: set[str]) -> None:
+    """Remove the ``candidates`` no node reads any more (a float weight another, float, node still reads stays)."""
+    still_read = {name for node in graph.node for name in node.input}
+    kept = [init for init in graph.initializer if init.name not in candidates or init.name in still_read]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
 
 
 def _int8_per_channel(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
