@@ -143,6 +143,7 @@ class TrainConfig:
     freeze_image: bool = False
     freeze_text: bool = False
     trust_state: bool = False  # resume from a trainer state that needs full unpickling (only files you made)
+    keep_cpu_memory: bool = True  # on CPU with glibc: keep freed memory mapped between steps (engine/cpu_memory.py)
 
     def validate(self, path: str) -> None:
         _require(self.steps >= 1, f"{path}.steps", "must be >= 1")
