@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +14,6 @@ from dcclip.config import OptimConfig, TrainConfig
 from dcclip.engine import cpu_memory
 from dcclip.engine import loop as engine_loop
 from dcclip.engine.distributed import DistEnv
-
-GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 # Training steps of a small convolutional net with 2 threads; prints the minor page faults of 20 steps after warm-up.
 FAULTS_SCRIPT = """
@@ -53,7 +50,7 @@ def minor_faults(mode: str) -> int:
     return int(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not GLIBC, reason="mallopt tuning applies to glibc only")
+@pytest.mark.skipif(not cpu_memory.on_glibc(), reason="mallopt tuning applies to glibc only")
 def test_training_steps_stop_faulting_pages_back_in():
     default, kept = minor_faults("default"), minor_faults("keep")
     assert kept * 10 < default, (default, kept)

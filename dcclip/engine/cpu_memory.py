@@ -44,17 +44,26 @@ def user_chose_allocator() -> str:
     return ""
 
 
+def on_glibc() -> bool:
+    """Linux with glibc: the only C library whose malloc these settings apply to."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def keep_freed_memory() -> bool:
     """Set glibc's malloc to keep freed memory mapped in this process; False where it does not apply.
 
     Does nothing off Linux/glibc, or when the environment already tunes or replaces the allocator (MALLOC_* variables,
-    GLIBC_TUNABLES, a preloaded jemalloc/tcmalloc/mimalloc). The settings last for the life of the process.
+    GLIBC_TUNABLES, a preloaded jemalloc/tcmalloc/mimalloc). The settings last for the life of the process, so only
+    the first call acts; later calls return its outcome.
     """
     global _applied
-    if _applied is not None:
-        return _applied
-    _applied = False
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if _applied is None:
+        _applied = _set_malloc_options()
+    return _applied
+
+
+def _set_malloc_options() -> bool:
+    if not on_glibc():
         return False
     chosen = user_chose_allocator()
     if chosen:
@@ -62,7 +71,7 @@ def keep_freed_memory() -> bool:
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     settings = ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD))
-    _applied = all(libc.mallopt(param, value) == 1 for param, value in settings)
-    if not _applied:
+    applied = all(libc.mallopt(param, value) == 1 for param, value in settings)
+    if not applied:
         log.warning("glibc mallopt refused a setting: freed memory may return to the kernel after every step")
-    return _applied
+    return applied
