@@ -202,6 +202,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_target(args: argparse.Namespace) -> int:
+    from dcclip.export.targets import build_target
+
+    summary = build_target(args.target, Path(args.bundle), Path(args.out))
+    print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return 0
+
+
 def _cmd_classify(args: argparse.Namespace) -> int:
     from dcclip.runtime.classifier import ZeroShotClassifier
 
@@ -486,6 +494,14 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
         "times faster on small models (deprecated by torch); every graph is checked against torch the same way",
     )
     e.set_defaults(func=_cmd_export)
+
+    from dcclip.export.targets import TARGETS  # no heavy import: the table is plain data
+
+    g = sub.add_parser("target", help="build an edge target (web page, ORT mobile) from a bundle, parity checked")
+    g.add_argument("target", choices=sorted(TARGETS), help="; ".join(f"{k}: {v}" for k, v in TARGETS.items()))
+    g.add_argument("--bundle", required=True, help="bundle directory written by `dcclip export`")
+    g.add_argument("--out", required=True, help="directory to write the target into")
+    g.set_defaults(func=_cmd_target)
 
     c = sub.add_parser("classify", help="zero-shot classify images with a bundle (no torch needed)")
     c.add_argument("--bundle", required=True)
