@@ -193,6 +193,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         min_agreement=args.min_agreement,
         timing=TimingPlan(batches=tuple(args.time_batch)) if args.time_batch else None,
         exporter=args.exporter,
+        license=args.license,
     )
     print(
         json.dumps({"bundle": args.out, "precisions": manifest["precisions"], "parity": manifest["parity"]}, indent=2)
@@ -210,11 +211,23 @@ def _cmd_target(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_card(args: argparse.Namespace) -> int:
+    from dcclip.export.card import update_card
+
+    manifest = update_card(Path(args.bundle), Path(args.report), _split_list(args.model))
+    print(
+        json.dumps({"bundle": args.bundle, "evaluation": manifest["card"]["evaluation"]}, indent=2, ensure_ascii=False)
+    )
+    return 0
+
+
 def _cmd_classify(args: argparse.Namespace) -> int:
     from dcclip.runtime.classifier import ZeroShotClassifier
 
     labels = _split_list(args.labels) or []
-    classifier = ZeroShotClassifier.from_bundle(args.bundle, precision=args.precision, threads=args.threads)
+    classifier = ZeroShotClassifier.from_bundle(
+        args.bundle, precision=args.precision, threads=args.threads, allow_unsealed=args.allow_unsealed
+    )
     results = classifier.classify(args.images, labels, lang=args.lang, top_k=args.top_k)
     if args.json:
         payload = [
@@ -244,6 +257,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
         ui=not args.no_ui,
         index=Path(args.index) if args.index else None,
+        request_timeout=args.request_timeout,
+        allow_unsealed=args.allow_unsealed,
     )
     return 0
 
@@ -295,6 +310,20 @@ def _cmd_search(args: argparse.Namespace) -> int:
     for rank, hit in enumerate(hits, 1):
         print(f"{rank:>4}  {hit.score:7.4f}  {hit.id:>7}  {hit.source}")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    """argparse type for counts such as --threads: an integer >= 1 (-1 or 0 were accepted and passed on)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+UNSEALED_HELP = "load a format-1/2 bundle whose manifest has no seal (its fields are then not verified)"
 
 
 def _split_list(text: str | None) -> list[str] | None:
@@ -493,6 +522,7 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
         help="auto: torch's dynamo exporter, TorchScript where dynamo fails or misses parity; torchscript is several "
         "times faster on small models (deprecated by torch); every graph is checked against torch the same way",
     )
+    e.add_argument("--license", default=None, help="license id for MODEL_CARD.md, e.g. apache-2.0 (default: unset)")
     e.set_defaults(func=_cmd_export)
 
     from dcclip.export.targets import TARGETS  # no heavy import: the table is plain data
@@ -503,6 +533,12 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--out", required=True, help="directory to write the target into")
     g.set_defaults(func=_cmd_target)
 
+    k = sub.add_parser("card", help="refresh a bundle's MODEL_CARD.md from an eval or demo report.json (re-sealed)")
+    k.add_argument("--bundle", required=True, help="bundle directory written by `dcclip export`")
+    k.add_argument("--report", required=True, help="report.json of `dcclip eval zeroshot` or of `dcclip demo`")
+    k.add_argument("--model", default=None, help="comma-separated report model names that are this bundle")
+    k.set_defaults(func=_cmd_card)
+
     c = sub.add_parser("classify", help="zero-shot classify images with a bundle (no torch needed)")
     c.add_argument("--bundle", required=True)
     c.add_argument("images", nargs="+", help="image files")
@@ -510,8 +546,9 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--lang", default="en", help="language of the labels (picks the prompt templates)")
     c.add_argument("--top-k", type=int, default=5)
     c.add_argument("--precision", choices=["fp32", "int8"], default=None, help="default: as the manifest recommends")
-    c.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    c.add_argument("--threads", type=_positive_int, default=None, help="onnxruntime intra-op threads")
     c.add_argument("--json", action="store_true", help="print JSON")
+    c.add_argument("--allow-unsealed", action="store_true", help=UNSEALED_HELP)
     c.set_defaults(func=_cmd_classify)
 
     s = sub.add_parser("serve", help="HTTP zero-shot classification, embedding and search API (and web page)")
@@ -520,13 +557,19 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--workers", type=int, default=1)
     s.add_argument("--precision", choices=["fp32", "int8"], default=None, help="default: as the manifest recommends")
-    s.add_argument("--threads", type=int, default=None, help="onnxruntime threads per worker (1 is best under load)")
+    s.add_argument(
+        "--threads", type=_positive_int, default=None, help="onnxruntime threads per worker (1 is best under load)"
+    )
     s.add_argument(
         "--read-timeout", type=float, default=15.0, help="seconds a client may stall mid-request before it is closed"
     )
     s.add_argument("--max-connections", type=int, default=512, help="open connections before the server answers 503")
     s.add_argument("--index", default=None, help="image index for POST /v1/search (built from the same bundle)")
     s.add_argument("--no-ui", action="store_true", help="do not serve the web page at / (the API only)")
+    s.add_argument(
+        "--request-timeout", type=float, default=30.0, help="seconds a client may take to send one request's head and body"
+    )
+    s.add_argument("--allow-unsealed", action="store_true", help=UNSEALED_HELP)
     s.set_defaults(func=_cmd_serve)
 
 
@@ -578,7 +621,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
         help='a prompt template holding {c} (repeat for several; "default": the language\'s built-in ones)',
     )
     s.add_argument("--exact", action="store_true", help="exact search in numpy even when the index has an ANN")
-    s.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    s.add_argument("--threads", type=_positive_int, default=None, help="onnxruntime intra-op threads")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=_cmd_search)
 

@@ -44,6 +44,7 @@ from dcclip.runtime.bundle import (
     sha256_file,
 )
 
+from .card import seal_with_card
 from .errors import ExportError
 from .onnx import (
     EXPORTERS,
@@ -92,6 +93,7 @@ def export_bundle(
     timing: TimingPlan | None = None,
     timer: Timer | None = None,
     exporter: str = "auto",
+    license: str | None = None,
 ) -> dict[str, Any]:
     """Export, validate and (for int8) quantise a student checkpoint into the bundle ``out``; returns its manifest.
 
@@ -103,6 +105,7 @@ def export_bundle(
     (default: onnxruntime on this machine; tests pass their own) and records which one the runtime should load.
     ``exporter``: ``auto`` (torch's dynamo exporter, TorchScript where dynamo fails or misses parity), ``dynamo`` or
     ``torchscript`` only (several times faster on small models, deprecated by torch; parity is checked the same way).
+    ``license`` goes into the generated MODEL_CARD.md (unset: the card says so).
     """
     if precision not in PRECISION_CHOICES:
         raise ValueError(f"precision must be one of {PRECISION_CHOICES}, got {precision!r}")
@@ -123,6 +126,7 @@ def export_bundle(
             loaded, staging, precisions, calib_shards, eval_set_paths(eval_set), min_agreement, auto,
             EXPORTER_CHOICES[exporter],
         )  # fmt: skip
+        manifest = seal_with_card(staging, manifest, license)  # MODEL_CARD.md from what was just measured
     log.info("bundle written to %s (%s)", out, ", ".join(precisions))
     return manifest
 

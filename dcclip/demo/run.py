@@ -287,6 +287,9 @@ def run_demo(settings: DemoSettings, fresh: bool = False) -> dict[str, Any]:
     for index, step in enumerate(steps, 1):
         summaries[step.name] = runner.run(step, index, len(steps))
     report = write_report(settings, summaries, runner.seconds(), time.perf_counter() - started)
+    from dcclip.export.card import update_card  # the bundle's MODEL_CARD.md gains the figures just measured
+
+    update_card(settings.paths()["bundle"], settings.out / "report.json")
     print_summary(report)
     return report
 
