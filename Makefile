@@ -5,7 +5,7 @@ STAMP := $(VENV)/.dcclip-installed
 BROWSER_STAMP := $(VENV)/.dcclip-browser-installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test test-browser browser-tools lint demo bench clean
+.PHONY: install test test-browser browser-tools screenshot lint demo bench clean
 
 install: $(STAMP)
 
@@ -23,10 +23,14 @@ test: lint
 	$(VENV)/bin/pytest -q --durations=10
 
 # The web page in a real headless Chromium against a real `dcclip serve` on loopback. Debian's chromium and
-# chromium-driver come from apt when missing (plus a CJK font for the screenshot); selenium drives them by path, so
-# nothing downloads a browser at run time. Writes docs/ui.png.
+# chromium-driver come from apt when missing (plus a CJK font for the screenshots); selenium drives them by path, so
+# nothing downloads a browser at run time. Screenshots stay in the tests' tmp dirs.
 test-browser: $(BROWSER_STAMP) browser-tools
 	$(VENV)/bin/pytest -q tests/browser
+
+# docs/ui.png, the README's picture of the page: the demo bundle (make demo first) classifying in Chinese and Arabic.
+screenshot: $(BROWSER_STAMP) browser-tools
+	$(PY) tests/browser/screenshot.py --bundle runs/demo/bundle --world runs/demo/world --out docs/ui.png
 
 browser-tools:
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \

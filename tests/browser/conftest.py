@@ -101,20 +101,10 @@ def index(bundle, world, tmp_path_factory) -> Path:
     return out
 
 
-def dcclip_server(bundle: Path, index: Path, log: Path) -> ServerProcess:
-    """``dcclip serve`` in a subprocess on 127.0.0.1, exactly as a user starts it."""
-    command = [
-        sys.executable,
-        "-m",
-        "dcclip",
-        "serve",
-        "--bundle",
-        str(bundle),
-        "--threads",
-        "1",
-        "--index",
-        str(index),
-    ]
+def dcclip_server(bundle: Path, index: Path | None, log: Path) -> ServerProcess:
+    """``dcclip serve`` in a subprocess on 127.0.0.1, exactly as a user starts it (with an image index if given)."""
+    command = [sys.executable, "-m", "dcclip", "serve", "--bundle", str(bundle), "--threads", "1"]
+    command += ["--index", str(index)] if index is not None else []
     return ServerProcess(lambda port: [*command, "--port", str(port)], log)
 
 

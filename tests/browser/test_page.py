@@ -1,25 +1,23 @@
 """The web page in a real headless Chromium against a real ``dcclip serve``: classify in Chinese and English, errors
 shown as the server's message, limits enforced in the page, search in two languages, phone width, no console errors.
 
-Every test saves a screenshot in its temporary directory; the first one (a classification in Chinese) is also kept
-as docs/ui.png, the README's picture of the page.
+Every test saves a screenshot in its temporary directory only (the README's picture, docs/ui.png, is made from the
+demo bundle by ``make screenshot``).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-from conftest import DESKTOP, REPO, World, WorldImage
+from conftest import DESKTOP, World, WorldImage
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from dcclip.data.world import shape_class_name, shape_classes
 
 WAIT_SECONDS = 30
-README_SCREENSHOT = REPO / "docs" / "ui.png"
 PHONE = (390, 844)
 HTML_LABEL = '<img src="x" onerror="document.title=1">'  # must show as text and never become an element
 
@@ -140,9 +138,7 @@ def test_classify_in_chinese_shows_the_bundle_answer(driver, server, api, world,
     assert shown == expected
     assert [row[0] for row in shown] == [row[0] for row in expected], "top label = the bundle's own answer"
     assert console_errors(driver) == [], "no CSP violation, no script error"
-    shot = screenshot(driver, tmp_path / "classify-zh.png")
-    README_SCREENSHOT.parent.mkdir(exist_ok=True)
-    shutil.copyfile(shot, README_SCREENSHOT)
+    screenshot(driver, tmp_path / "classify-zh.png")
 
 
 def test_classify_in_english_and_labels_are_text_never_html(driver, server, api, world, tmp_path):
