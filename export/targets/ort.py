@@ -589,9 +589,15 @@ def _other_converters_section() -> str:
         [
             "## LiteRT (.tflite) and Core ML",
             "",
-            "Not produced. With dcclip's pinned torch (constraints.txt) no converter was installed beside it: "
-            "`ai-edge-torch` and `coremltools` convert from torch and pin their own torch ranges, and `onnx2tf` "
-            "needs TensorFlow; none was run here, so no parity was measured for them. onnxruntime's own CoreML and "
-            "NNAPI execution providers (a `--minimal_build extended` build) are the path for phone accelerators.",
+            "Not produced by dcclip yet. Tried once beside the pinned torch 2.14.1 in a throwaway environment "
+            "(pip resolution, December 2026): `ai-edge-torch` 0.7.2 (now `litert-torch` 0.10.0) resolves with "
+            "torch 2.14.1 but pulls jax, torchao and the LiteRT converter and lowers pinned packages (pydantic "
+            "2.14.4 -> 2.11.10, typing-extensions 4.16.0 -> 4.12.2, anyio), so it cannot go into dcclip's "
+            "environment unchanged; in the throwaway environment it converted the test student's image tower and "
+            "LiteRT's interpreter matched torch (max abs diff 2.6e-09, min cosine 1.0 on 2 random inputs; text "
+            "tower not tried). `coremltools` 9.0 resolves too, but a Core ML model runs only on Apple systems, so "
+            "no parity can be measured on this Linux machine. `onnx2tf` needs TensorFlow 2.19 and numpy 1.26 "
+            "(dcclip pins numpy 2.4). onnxruntime's NNAPI and Core ML execution providers (a `--minimal_build "
+            "extended` build) are the tested-format path to phone accelerators.",
         ]
     )
