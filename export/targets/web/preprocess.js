@@ -166,9 +166,20 @@ export function centerCrop(image, size) {
   return { width: size, height: size, data: out };
 }
 
+const MAX_ASPECT_RATIO = 50.0; // dcclip.runtime.preprocess.MAX_ASPECT_RATIO
+
+// The runtime's check_geometry: refuse images with no area or more than 50 times longer than wide.
+export function checkGeometry(width, height) {
+  if (width < 1 || height < 1) throw new Error(`image of ${width}x${height} pixels has no area`);
+  if (Math.max(width, height) / Math.min(width, height) > MAX_ASPECT_RATIO) {
+    throw new Error(`image of ${width}x${height} pixels is more than ${MAX_ASPECT_RATIO} times longer than wide`);
+  }
+}
+
 // The geometric part of Preprocess: shortest side to image_size (or squash), then centre crop.
 export function resizeAndCrop(image, pre) {
   const size = pre.image_size;
+  checkGeometry(image.width, image.height);
   const interpolation = pre.interpolation || "bicubic";
   const order = pre.resample_order || "pillow13";
   if ((pre.resize_mode || "shortest") === "squash") return resizeRGB(image, size, size, interpolation, order);
