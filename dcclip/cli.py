@@ -567,7 +567,7 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--index", default=None, help="image index for POST /v1/search (built from the same bundle)")
     s.add_argument("--no-ui", action="store_true", help="do not serve the web page at / (the API only)")
     s.add_argument(
-        "--request-timeout", type=float, default=30.0, help="seconds a client may take to send one request's head and body"
+        "--request-timeout", type=float, default=30.0, help="seconds a client may take to send a request's head+body"
     )
     s.add_argument("--allow-unsealed", action="store_true", help=UNSEALED_HELP)
     s.set_defaults(func=_cmd_serve)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -31,12 +32,14 @@ import onnxruntime as ort
 from PIL import Image
 
 from dcclip.runtime.errors import (
+    MAX_TEXT_CHARS,
     BundleError,
     BundleIntegrityError,
     BundleVersionError,
     InvalidImageError,
     InvalidInputError,
     InvalidTextError,
+    check_text,
     check_unicode,
 )
 from dcclip.runtime.preprocess import (
@@ -53,6 +56,7 @@ __all__ = [
     "BUNDLE_FORMAT",
     "FORMAT_VERSION",
     "MANIFEST_FILE",
+    "MAX_TEXT_CHARS",
     "SUPPORTED_VERSIONS",
     "BundleModel",
     "ImageInput",
@@ -80,6 +84,10 @@ REQUIRED_KEYS = ("embed_dim", "image_preprocess", "text_max_length", "precisions
 ROLES = ("image", "text")
 RECOMMENDED_KEY, CHOICE_KEY = "recommended_precision", "precision_choice"  # written by export --precision auto
 
+# What a sealed manifest vouches for and an unsealed one does not (the runtime reads these fields).
+UNSEALED_FIELDS = ("logit_scale", "image_preprocess", "text_max_length", "pad_id", "languages", RECOMMENDED_KEY)
+log = logging.getLogger(__name__)
+
 ImageInput = Image.Image | bytes | bytearray | str | os.PathLike
 
 
@@ -98,8 +106,11 @@ def _manifest_path(path: str | os.PathLike) -> Path:
     return location if location.name == MANIFEST_FILE and location.is_file() else location / MANIFEST_FILE
 
 
-def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of a bundle (directory or manifest.json), after checking its format and version."""
+def read_manifest(path: str | os.PathLike, allow_unsealed: bool = False) -> dict[str, Any]:
+    """The manifest of a bundle (directory or manifest.json), after checking its format, version and seal.
+
+    A manifest without ``manifest_sha256`` (formats 1 and 2) is refused unless ``allow_unsealed``; then it loads with
+    a warning naming the fields nothing verifies."""
     manifest_path = _manifest_path(path)
     try:
         manifest = json.loads(manifest_path.read_text("utf-8"))
@@ -120,10 +131,32 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     missing = [key for key in REQUIRED_KEYS if key not in manifest]
     if missing:
         raise BundleError(f"{manifest_path}: manifest lacks {missing}")
-    if version >= 3:
-        _check_seal(manifest, manifest_path)
+    if version >= 3 or MANIFEST_DIGEST_KEY in manifest:
+        _check_seal(manifest, manifest_path)  # a seal is checked whatever version the manifest claims
+    else:
+        _allow_unsealed(manifest_path, version, allow_unsealed)
     check_manifest_fields(manifest, manifest_path)
     return manifest
+
+
+def _allow_unsealed(where: Path, version: int, allowed: bool) -> None:
+    """An unsealed manifest (format 1 or 2) loads only on request: nothing vouches for the fields it sets, and writing
+    an older ``format_version`` was enough to skip the seal. The warning names what stays unverified."""
+    unverified = ", ".join(UNSEALED_FIELDS)
+    if not allowed:
+        raise BundleIntegrityError(
+            f"{where}: unsealed manifest (format_version {version}, no {MANIFEST_DIGEST_KEY}): nothing detects an "
+            f"edit of {unverified}; re-export the bundle, or load it anyway with --allow-unsealed "
+            "(allow_unsealed=True)",
+            MANIFEST_FILE,
+        )
+    log.warning(
+        "%s: loading an unsealed format-%d manifest as asked: its fields (%s) are not verified; the files it lists "
+        "are still checked against their sha256",
+        where,
+        version,
+        unverified,
+    )
 
 
 def manifest_digest(manifest: dict[str, Any]) -> str:
@@ -227,9 +260,9 @@ def _check_file_entries(files: Any, where: Path) -> None:
             raise _field_error(where, f"files[{name!r}].bytes", entry["bytes"], "a non-negative integer")
 
 
-def verify_bundle(path: str | os.PathLike) -> dict[str, Any]:
+def verify_bundle(path: str | os.PathLike, allow_unsealed: bool = False) -> dict[str, Any]:
     """Check every file the manifest lists against its recorded size and sha256; returns the manifest."""
-    manifest = read_manifest(path)
+    manifest = read_manifest(path, allow_unsealed)
     root = _manifest_path(path).parent
     for name, entry in manifest["files"].items():
         _check_file(root, name, entry)
@@ -310,9 +343,12 @@ class BundleModel:
         max_batch_size: int = DEFAULT_MAX_BATCH,
         max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
         verify: bool = True,
+        allow_unsealed: bool = False,
+        max_text_chars: int = MAX_TEXT_CHARS,
     ) -> None:
         self.path = Path(path)
-        self.manifest = verify_bundle(self.path) if verify else read_manifest(self.path)
+        load = verify_bundle if verify else read_manifest
+        self.manifest = load(self.path, allow_unsealed)
         self.file_precisions = file_precisions(self.manifest, precision, self.path)
         if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
             raise ValueError(f"max_batch_size must be a positive int, got {max_batch_size!r}")
@@ -322,8 +358,11 @@ class BundleModel:
         self.tower_precisions = {
             role: shipped_precision(self.manifest, role, p) for role, p in self.file_precisions.items()
         }
+        if isinstance(max_text_chars, bool) or not isinstance(max_text_chars, int) or max_text_chars < 1:
+            raise ValueError(f"max_text_chars must be a positive int, got {max_text_chars!r}")
         self.max_batch_size = max_batch_size
         self.max_image_pixels = max_image_pixels
+        self.max_text_chars = max_text_chars
         self.session_options = make_session_options(intra_op_num_threads, inter_op_num_threads)
         self.providers = list(providers) if providers else ["CPUExecutionProvider"]
         self.image_session = self._session("image", (IMAGE_INPUT,), IMAGE_OUTPUT)
@@ -428,11 +467,18 @@ class BundleModel:
         return _as_embeddings(out, self.embed_dim)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Texts -> L2-normalised float32 embeddings [N, D] (truncated to ``text_max_length`` tokens)."""
+        """Texts of at most ``max_text_chars`` characters -> L2-normalised float32 embeddings [N, D] (truncated to
+        ``text_max_length`` tokens)."""
         _check_sequence(texts, "texts", InvalidTextError)
         for index, text in enumerate(texts):
             if not isinstance(text, str):
                 raise InvalidTextError(f"texts[{index}] is {type(text).__name__}, expected str")
+            check_text(text, f"texts[{index}]", self.max_text_chars)
+        return self.embed_prompts(texts)
+
+    def embed_prompts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts the caller built from checked parts (a label in a template: each part within the limit)."""
+        for index, text in enumerate(texts):
             check_unicode(text, f"texts[{index}]")
         out = []
         for start in range(0, len(texts), self.max_batch_size):

@@ -21,9 +21,12 @@ from dcclip.runtime.errors import (
     EmptyLabelsError,
     InvalidInputError,
     InvalidLabelError,
+    InvalidTemplateError,
     TooManyLabelsError,
     UnknownLanguageError,
+    check_text,
     check_unicode,
+    has_visible,
 )
 from dcclip.runtime.prompts import PLACEHOLDER, checked_templates, class_embeddings, fill_templates
 
@@ -160,10 +163,27 @@ class ZeroShotClassifier:
         top_k: int = 5,
     ) -> list[list[tuple[str, float]]]:
         """For every image, the ``top_k`` labels with softmax probabilities, most likely first."""
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise InvalidInputError(f"top_k must be a positive int, got {top_k!r}")
+        _check_top_k(top_k)
         classes = self.class_embeddings(labels, lang, templates)
-        image_emb = self.model.embed_images(images)
+        return self._rank(self.model.embed_images(images), classes, labels, top_k)
+
+    def classify_pixels(
+        self,
+        pixels: np.ndarray,
+        labels: Sequence[str],
+        lang: str = "en",
+        templates: Sequence[str] | None = None,
+        top_k: int = 5,
+    ) -> list[list[tuple[str, float]]]:
+        """``classify`` of images already preprocessed to model input [N, 3, S, S] (the server decodes one by one)."""
+        _check_top_k(top_k)
+        classes = self.class_embeddings(labels, lang, templates)
+        return self._rank(self.model.embed_pixels(pixels), classes, labels, top_k)
+
+    def _rank(
+        self, image_emb: np.ndarray, classes: np.ndarray, labels: Sequence[str], top_k: int
+    ) -> list[list[tuple[str, float]]]:
+        """Per image, the ``top_k`` labels by softmax of the scaled cosine similarity, most likely first."""
         probs = softmax(self.model.logit_scale * image_emb @ classes.T)
         k = min(top_k, len(labels))
         results = []
@@ -174,7 +194,7 @@ class ZeroShotClassifier:
 
     def _encode_classes(self, labels: list[str], templates: tuple[str, ...]) -> np.ndarray:
         """One text-tower pass over every (label, template) text; per label the normalised mean over templates."""
-        return class_embeddings(self.model.embed_texts(fill_templates(labels, templates)), len(labels))
+        return class_embeddings(self.model.embed_prompts(fill_templates(labels, templates)), len(labels))
 
     def _check_labels(self, labels: Sequence[str]) -> None:
         """A non-empty list of distinct non-empty strings, no more than ``max_labels``."""
@@ -188,7 +208,9 @@ class ZeroShotClassifier:
         for index, label in enumerate(labels):
             if not isinstance(label, str) or not label.strip():
                 raise InvalidLabelError(f"labels[{index}] must be a non-empty string, got {label!r}")
-            check_unicode(label, f"labels[{index}]", InvalidLabelError)
+            check_text(label, f"labels[{index}]", self.model.max_text_chars, InvalidLabelError)
+            if not has_visible(label):
+                raise InvalidLabelError(f"labels[{index}] has no visible character ({_code_points(label)})")
             if label in seen:
                 raise InvalidLabelError(f"labels[{index}] {label!r} is a duplicate")
             seen.add(label)
@@ -204,7 +226,20 @@ class ZeroShotClassifier:
 
     def _templates(self, lang: str, templates: Sequence[str] | None) -> tuple[str, ...]:
         """The given templates (checked) or the language's defaults, as a hashable tuple."""
-        return default_templates(lang) if templates is None else checked_templates(templates)
+        chosen = default_templates(lang) if templates is None else checked_templates(templates)
+        for index, template in enumerate(chosen):
+            check_text(template, f"templates[{index}]", self.model.max_text_chars, InvalidTemplateError)
+        return chosen
+
+
+def _check_top_k(top_k: int) -> None:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise InvalidInputError(f"top_k must be a positive int, got {top_k!r}")
+
+
+def _code_points(text: str) -> str:
+    """``U+200B U+FEFF``: what a label of invisible characters holds, for the error message."""
+    return " ".join(f"U+{ord(char):04X}" for char in text[:8]) + (" ..." if len(text) > 8 else "")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

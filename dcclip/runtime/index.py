@@ -30,6 +30,7 @@ import numpy as np
 
 from dcclip.runtime.bundle import MANIFEST_DIGEST_KEY, BundleModel, manifest_digest
 from dcclip.runtime.errors import InvalidInputError, InvalidTextError, UnknownLanguageError
+from dcclip.runtime.errors import check_text as _check_text
 from dcclip.runtime.errors import check_unicode as _check_unicode
 from dcclip.runtime.prompts import PLACEHOLDER, checked_templates, class_embeddings, fill_templates
 
@@ -388,7 +389,7 @@ def search_text(
     """
     check_same_bundle(model, index)
     chosen = _check_query(model, text, lang, templates)
-    query = class_embeddings(model.embed_texts(fill_templates([text], chosen)), 1)
+    query = class_embeddings(model.embed_prompts(fill_templates([text], chosen)), 1)
     return index.search(query, k, exact=exact)[0]
 
 
@@ -407,10 +408,13 @@ def _check_query(model: BundleModel, text: str, lang: str, templates: Sequence[s
     """The checks the classifier makes of a label, its language and templates, for a query; returns the templates."""
     if not isinstance(text, str) or not text.strip():
         raise InvalidTextError(f"the query text must be a non-empty string, got {text!r}")
-    _check_unicode(text, "the query text")
+    _check_text(text, "the query text", model.max_text_chars)
     if not isinstance(lang, str) or not lang:
         raise UnknownLanguageError(f"lang must be a language code string, got {lang!r}")
     _check_unicode(lang, "lang", UnknownLanguageError)
     if model.languages and lang not in model.languages:
         raise UnknownLanguageError(f"language {lang!r} is not one of this bundle's languages {model.languages}")
-    return (PLACEHOLDER,) if templates is None else checked_templates(templates)
+    chosen = (PLACEHOLDER,) if templates is None else checked_templates(templates)
+    for index, template in enumerate(chosen):
+        _check_text(template, f"templates[{index}]", model.max_text_chars)
+    return chosen

@@ -135,21 +135,35 @@ def check_geometry(width: int, height: int, max_pixels: int | None = None) -> No
         )
 
 
-def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
-    """Decode image bytes fully, applying the EXIF orientation; raises ImageDecodeError on anything unusable.
-
-    ``max_pixels`` and the aspect-ratio bound refuse decompression bombs and degenerate strips from the header alone,
-    before any pixel is decoded.
-    """
+def open_image(data: bytes, max_pixels: int | None = None, size_hint: int | None = None) -> Image.Image:
+    """Open image bytes without decoding pixels: header checked (``check_geometry``) and, with ``size_hint``, set to
+    decode at a reduced scale where the format allows (JPEG's DCT scaling: 1/2, 1/4 or 1/8, both sides staying at
+    least ``size_hint``). ``size`` is then what decoding will allocate."""
     if not data:
         raise ImageDecodeError("empty image data")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            check_geometry(image.width, image.height, max_pixels)
-            image.load()
-            rotated = ImageOps.exif_transpose(image)
-            return rotated if rotated is not None and rotated is not image else image.copy()
+        image = Image.open(io.BytesIO(data))
+        check_geometry(image.width, image.height, max_pixels)
+        if size_hint is not None and image.format == "JPEG":
+            image.draft(image.mode, (size_hint, size_hint))
+        return image
     except ImageDecodeError:
         raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageDecodeError(f"cannot decode image: {exc}") from exc
+
+
+def decode_image(data: bytes, max_pixels: int | None = None, size_hint: int | None = None) -> Image.Image:
+    """Decode image bytes fully, applying the EXIF orientation; raises ImageDecodeError on anything unusable.
+
+    ``max_pixels`` and the aspect-ratio bound refuse decompression bombs and degenerate strips from the header alone,
+    before any pixel is decoded. ``size_hint`` (the server passes twice the model's input side) decodes large JPEGs
+    at a reduced scale (see ``open_image``). The image is transposed in place: no second copy of its pixels.
+    """
+    image = open_image(data, max_pixels, size_hint)
+    try:
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)
+        return image
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(f"cannot decode image: {exc}") from exc
