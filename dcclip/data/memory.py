@@ -21,6 +21,7 @@ from dcclip.config import DataConfig
 from dcclip.data.augment import augment_views
 from dcclip.data.pipeline import EpochPosition, choose_captions, language_weights
 from dcclip.data.shards import DCCLIP_CAPTIONS, CaptionFormat, ShardError, decode_sample, iter_tar_samples, shard_paths
+from dcclip.data.sources import describe
 from dcclip.runtime.preprocess import ImageDecodeError, Preprocess, to_rgb
 
 log = logging.getLogger(__name__)
@@ -56,20 +57,24 @@ def decode_shard_set(
     pixels: dict[tuple, list[np.ndarray]] = {g: [] for g in geometries}
     skipped: list[str] = []
     for url in tqdm(shard_paths(source), desc="decode", unit="shard", disable=not progress):
-        for sample in iter_tar_samples(url):
-            key = sample["__key__"]
-            try:
-                info, image = decode_sample(sample, fmt)
-                image = to_rgb(image)
-                resized = {g: np.asarray(p.resize(image), dtype=np.uint8) for g, p in geometries.items()}
-            except (ShardError, ImageDecodeError, ValueError, KeyError) as exc:
-                log.warning("%s: skipping %s: %s", url, key, exc)
-                skipped.append(key)
-                continue
-            keys.append(key)
-            meta.append(info)
-            for g, array in resized.items():
-                pixels[g].append(array)
+        try:
+            for sample in iter_tar_samples(url):
+                key = sample["__key__"]
+                try:
+                    info, image = decode_sample(sample, fmt)
+                    image = to_rgb(image)
+                    resized = {g: np.asarray(p.resize(image), dtype=np.uint8) for g, p in geometries.items()}
+                except (ShardError, ImageDecodeError, ValueError, KeyError) as exc:
+                    log.warning("%s: skipping %s: %s", url, key, exc)
+                    skipped.append(key)
+                    continue
+                keys.append(key)
+                meta.append(info)
+                for g, array in resized.items():
+                    pixels[g].append(array)
+        except (ShardError, OSError) as exc:  # as the streaming reader: the shard's remaining samples are lost
+            log.warning("%s: skipping the rest of this shard: %s", url, exc)
+            skipped.append(describe(url))
     if not keys:
         raise ShardError(f"{source}: no decodable sample")
     images = {g: np.stack(arrays) for g, arrays in pixels.items()}

@@ -11,6 +11,7 @@ import io
 import itertools
 import json
 import logging
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -21,11 +22,14 @@ from typing import Any, TypeVar
 from PIL import Image, ImageOps
 
 from dcclip.data.shards import (
+    DUPLICATE_FIELD,
+    ERROR_FIELD,
     IMAGE_EXTENSIONS,
     MANIFEST_NAME,
     CaptionFormat,
     ShardError,
     ShardSetWriter,
+    escape_name,
     image_field,
     iter_tar_samples,
     parse_meta,
@@ -281,37 +285,68 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower().lstrip(".")
 
 
-def _folder_files(src: Path) -> tuple[list[Path], list[Path]]:
-    """(image files, every other file that is not an image's caption file) under ``src``, recursively, sorted.
+def walk_folder(src: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(regular files, [(entry, why it is not read)]) under ``src``, recursively, sorted, hidden names left out.
 
-    Hidden files and folders (``.DS_Store``, ``.git``) are not inputs. Every other file is either used or listed.
+    Symbolic links are never followed, to files or folders, inside the folder or out of it, dangling or not: a
+    folder of images is read as the files it holds (a link to ``/etc/...`` is not indexed or served as a thumbnail).
+    Links, FIFOs, sockets and devices are returned as skipped with the reason, so every one is counted.
     """
-    files = sorted(p for p in src.rglob("*") if p.is_file() and not _hidden(p.relative_to(src)))
+    files: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    for folder, dirs, names in os.walk(src, followlinks=False):
+        base = Path(folder)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in [d for d in dirs if (base / d).is_symlink()]:
+            dirs.remove(name)
+            skipped.append((base / name, "symbolic link to a folder (links are not followed)"))
+        for name in names:
+            path = base / name
+            if name.startswith("."):
+                continue
+            if path.is_symlink():
+                target = "a dangling symbolic link" if not path.exists() else "a symbolic link"
+                skipped.append((path, f"{target} (links are not followed)"))
+            elif not path.is_file():
+                skipped.append((path, "not a regular file (FIFO, socket or device)"))
+            else:
+                files.append(path)
+    order = lambda item: item.relative_to(src).as_posix()  # noqa: E731
+    return sorted(files, key=order), sorted(skipped, key=lambda entry: order(entry[0]))
+
+
+def _folder_files(src: Path) -> tuple[list[Path], list[Path]]:
+    """(image files, every other entry that is not an image's caption file) under ``src``, recursively, sorted.
+
+    Hidden files and folders (``.DS_Store``, ``.git``) are not inputs. Every other entry is either used or listed
+    (links and special files too: see ``walk_folder``).
+    """
+    files, special = walk_folder(src)
     images = [p for p in files if _suffix(p) in SOURCE_IMAGE_EXTENSIONS]
     stems = {p.with_suffix("") for p in images}
     others = [p for p in files if _suffix(p) not in SOURCE_IMAGE_EXTENSIONS
               and not (_suffix(p) in CAPTION_EXTENSIONS and p.with_suffix("") in stems)]  # fmt: skip
-    return images, others
-
-
-def _hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
+    return images, sorted([*others, *(path for path, _ in special)], key=lambda p: p.relative_to(src).as_posix())
 
 
 def _unused_file(src: Path, path: Path) -> _Candidate:
     """A file of a folder source that is no sample: listed in the manifest's skipped with why."""
-    key = path.relative_to(src).as_posix()
-    if _suffix(path) in CAPTION_EXTENSIONS:
+    key = escape_name(path.relative_to(src).as_posix())
+    if path.is_symlink() or not path.is_file():
+        why = "a symbolic link" if path.is_symlink() else "not a regular file (FIFO, socket or device)"
+        problem = _Skip("not a file", f"{escape_name(path.name)} is {why}; links are not followed")
+    elif _suffix(path) in CAPTION_EXTENSIONS:
         problem = _Skip("no image", f"{path.name} has no image beside it ({', '.join(SOURCE_IMAGE_EXTENSIONS)})")
     else:
         problem = _Skip("not an image", f"{path.name}: .{_suffix(path) or '(none)'} is not an image format dcclip "
                         f"reads ({', '.join(SOURCE_IMAGE_EXTENSIONS)})")  # fmt: skip
-    return _Candidate(key=key, source=str(path), problem=problem)
+    return _Candidate(key=key, source=escape_name(str(path)), problem=problem)
 
 
 def _folder_candidate(src: Path, image: Path, source_lang: str, langs: tuple[str, ...] | None) -> _Candidate:
     """Pair an image with ``x.json`` (captions by language) or ``x.txt`` (one caption in ``source_lang``)."""
-    cand = _Candidate(key=image.relative_to(src).with_suffix("").as_posix(), source=str(image), image=image)
+    relative = escape_name(image.relative_to(src).with_suffix("").as_posix())
+    cand = _Candidate(key=relative, source=escape_name(str(image)), image=image)
     try:
         cand.captions, cand.source_lang = _folder_captions(image, source_lang, langs)
     except _Skip as skip:
@@ -548,6 +583,10 @@ def _wds_candidates(source: str, fmt: CaptionFormat, langs: Sequence[str] | None
 def _wds_candidate(sample: dict[str, Any], fmt: CaptionFormat, wanted: set[str] | None, origin: str) -> _Candidate:
     """One WebDataset sample as a candidate: its image bytes, its captions (in the wanted languages), its metadata."""
     cand = _Candidate(key=sample["__key__"], source=origin)
+    if ERROR_FIELD in sample:
+        category = "duplicate key" if DUPLICATE_FIELD in sample else "member too large"
+        cand.problem = _Skip(category, sample[ERROR_FIELD])
+        return cand
     ext = image_field(sample)
     if ext is None:
         cand.problem = _Skip("missing image", f"no image field ({', '.join(IMAGE_EXTENSIONS)})")

@@ -16,6 +16,8 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from dcclip.data.shards import (
     DCCLIP_CAPTIONS,
+    DUPLICATE_FIELD,
+    ERROR_FIELD,
     CaptionFormat,
     ShardError,
     image_field,
@@ -66,9 +68,15 @@ class _Stats:
     height: _Range = field(default_factory=_Range)
     formats: Counter = field(default_factory=Counter)
     unreadable: int = 0
+    duplicates: int = 0  # samples whose key came before in the same shard (never merged with the first)
+    oversized: int = 0  # samples with a member over the member-size limit (never read)
 
     def add(self, sample: dict[str, Any], fmt: CaptionFormat = DCCLIP_CAPTIONS) -> None:
         """Count one raw sample: image size and format, then each caption's language and length."""
+        if ERROR_FIELD in sample:
+            self.duplicates += DUPLICATE_FIELD in sample
+            self.oversized += DUPLICATE_FIELD not in sample
+            return
         self._add_image(sample)
         try:
             captions = parse_meta(sample, fmt)["captions"]
@@ -155,6 +163,8 @@ def _stats_dict(source: str | Path, paths: list[str], samples: int, stats: _Stat
         "image_height": stats.height.to_dict(),
         "image_formats": dict(stats.formats.most_common()),
         "unreadable": stats.unreadable,
+        "duplicates": stats.duplicates,
+        "oversized": stats.oversized,
         "errors": errors,
     }
 
@@ -172,6 +182,10 @@ def format_inspect(stats: dict) -> str:
     ]
     if stats["unreadable"]:
         lines.append(f"  {stats['unreadable']} unreadable images or captions (see `dcclip shards validate`)")
+    if stats.get("duplicates"):
+        lines.append(f"  {stats['duplicates']} samples repeat a key of their shard (not counted above; see validate)")
+    if stats.get("oversized"):
+        lines.append(f"  {stats['oversized']} samples have a member over the size limit (not read; see validate)")
     lines.extend(f"  error: {error}" for error in stats["errors"])
     if "contact_sheet" in stats:
         lines.append(f"  contact sheet: {stats['contact_sheet']}")

@@ -11,6 +11,8 @@ from PIL import Image
 
 from dcclip.data.shards import (
     DCCLIP_CAPTIONS,
+    DUPLICATE_FIELD,
+    ERROR_FIELD,
     IMAGE_EXTENSIONS,
     CaptionFormat,
     ShardError,
@@ -96,7 +98,7 @@ def _validate_shard(path: str, report: ValidationReport, seen: dict[str, str], f
             count += 1
             report.samples += 1
             key = sample["__key__"]
-            if key in seen:
+            if key in seen and DUPLICATE_FIELD not in sample:  # a duplicate within the shard says so itself
                 report.problems.append(Problem(path, key, f"duplicate key (also in {seen[key]})"))
             seen.setdefault(key, path)
             report.problems.extend(Problem(path, key, reason) for reason in sample_problems(sample, fmt))
@@ -106,7 +108,10 @@ def _validate_shard(path: str, report: ValidationReport, seen: dict[str, str], f
 
 
 def sample_problems(sample: dict[str, Any], fmt: CaptionFormat = DCCLIP_CAPTIONS) -> list[str]:
-    """Everything wrong with one raw sample: image that does not decode, bad captions, unreadable ``.npy`` fields."""
+    """Everything wrong with one raw sample: image that does not decode, bad captions, unreadable ``.npy`` fields; or
+    why the reader marked it unusable (a duplicate key, a member over the size limit)."""
+    if ERROR_FIELD in sample:
+        return [sample[ERROR_FIELD]]
     problems = []
     ext = image_field(sample)
     if ext is None:

@@ -23,10 +23,11 @@ from typing import Any, TypeVar
 
 from dcclip.data.langcodes import normalise_lang
 from dcclip.data.sources import (
-    NoReaderError,
+    FinalSourceError,
     RemoteOptions,
     close_stream,
     describe,
+    is_final,
     is_local,
     join,
     local_path,
@@ -50,10 +51,39 @@ _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
 _NAME_FIELD = 100  # longer member names need an extra GNU long-name header
+# Bytes one tar member may hold once read (inflated, for a .tar.gz): a 3 MB gzip member claiming 3 GiB of zeros was
+# read whole into memory. Images, captions and teacher features are far below it; DCCLIP_MAX_MEMBER_MB changes it.
+MAX_MEMBER_BYTES = 64 * 1024 * 1024
+MEMBER_LIMIT_ENV = "DCCLIP_MAX_MEMBER_MB"
+_DRAIN_CHUNK = 16 * 1024 * 1024  # an oversized member is read past in chunks of this, never held
+# A raw sample that must not be used carries why under ERROR_FIELD (every reader skips and counts it, parse_meta
+# raises it); a sample whose key came before in the same shard also carries DUPLICATE_FIELD.
+ERROR_FIELD = "__error__"
+DUPLICATE_FIELD = "__duplicate__"
 
 
 class ShardError(ValueError):
     """A shard set or one of its samples cannot be used; the message names the file and the key."""
+
+
+def escape_name(name: str) -> str:
+    """A file or member name that is not valid UTF-8 (Python holds its bytes as lone surrogates) with those bytes
+    written as ``\\xff``: printable, and writable to JSON and logs, where the raw name made a whole build fail."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def max_member_bytes() -> int:
+    """The member-size limit: DCCLIP_MAX_MEMBER_MB (megabytes) when set, else MAX_MEMBER_BYTES."""
+    value = os.environ.get(MEMBER_LIMIT_ENV, "").strip()
+    if not value:
+        return MAX_MEMBER_BYTES
+    try:
+        megabytes = float(value)
+    except ValueError:
+        raise ShardError(f"{MEMBER_LIMIT_ENV}={value!r} is not a number of megabytes") from None
+    if not megabytes > 0:
+        raise ShardError(f"{MEMBER_LIMIT_ENV}={value!r} must be > 0")
+    return int(megabytes * 1024 * 1024)
 
 
 def safe_key(name: str) -> str:
@@ -184,8 +214,8 @@ class ShardSetWriter:
         return key in self._keys
 
     def skip(self, key: str, source: str, reason: str) -> None:
-        """Record a sample left out of the shards, with the reason a person can act on."""
-        self.skipped.append({"key": key, "source": source, "reason": reason})
+        """Record a sample left out of the shards, with the reason a person can act on (names escaped to UTF-8)."""
+        self.skipped.append({"key": escape_name(key), "source": escape_name(source), "reason": escape_name(reason)})
 
     def add(self, key: str, fields: dict[str, bytes], meta: dict[str, Any] | None = None) -> None:
         """Append one sample: ``fields`` maps extension (``jpg``, ``img_emb.npy``) to bytes; ``meta`` becomes .json."""
@@ -400,7 +430,7 @@ def iter_tar_samples(url: str | Path, options: RemoteOptions | None = None) -> I
                     yield sample
             return
         except ShardError as exc:
-            if isinstance(exc.__cause__, NoReaderError):
+            if is_final(exc.__cause__) or is_final(exc):
                 raise
             if attempt == options.retries:
                 raise ShardError(f"{exc}; gave up after {attempt + 1} attempts") from exc
@@ -410,10 +440,16 @@ def iter_tar_samples(url: str | Path, options: RemoteOptions | None = None) -> I
 
 
 def _read_tar_once(url: str | Path, options: RemoteOptions | None) -> Iterator[dict[str, Any]]:
-    """One sequential pass over a tar shard; see ``iter_tar_samples``."""
-    current: dict[str, Any] | None = None
-    last_member = None
+    """One sequential pass over a tar shard; see ``iter_tar_samples``.
+
+    Members group into samples by key, as WebDataset does, but two samples are never merged: a field that repeats
+    within a group, or a key seen before in the shard, starts a new sample marked as a duplicate. A member over the
+    member-size limit is read past in chunks, never held, and its sample is marked with the reason; a name that is not
+    valid UTF-8 is escaped. Marked samples carry ERROR_FIELD, so every reader skips and counts them.
+    """
+    limit = max_member_bytes()
     name = describe(url)
+    reader = _SampleGrouper(str(url), name, limit)
     try:
         stream = open_stream(url, options)
     except OSError as exc:
@@ -422,28 +458,75 @@ def _read_tar_once(url: str | Path, options: RemoteOptions | None) -> Iterator[d
     try:
         with tarfile.open(fileobj=stream, mode="r|*", tarinfo=_StrictTarInfo) as tar:
             for member in tar:
-                if not member.isfile():
-                    continue
-                key, ext = split_field_name(member.name)
-                if current is not None and current["__key__"] != key:
-                    yield current
-                    current = None
-                if current is None:
-                    current = {"__key__": key, "__url__": str(url)}
-                handle = tar.extractfile(member)
-                current[ext] = handle.read() if handle is not None else b""
-                last_member = member.name
+                if member.isfile():
+                    yield from reader.add(member, tar)
         finished = True
         close_stream(stream, url, finished=True)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-        after = f" after member {last_member!r}" if last_member is not None else ""
+        last = reader.last_member
+        after = f" after member {last!r}" if last is not None else ""
         reason = transport_problem(stream, url) or exc
+        if is_final(reason):
+            raise ShardError(f"{name}: cannot be read: {reason}") from FinalSourceError(str(reason))
         raise ShardError(f"{name}: tar is truncated or corrupt{after} ({reason})") from exc
     finally:
         if not finished:
             close_stream(stream, url, finished=False)
-    if current is not None:
-        yield current
+    yield from reader.flush()
+
+
+class _SampleGrouper:
+    """Groups the members of one tar into raw samples, marking duplicates and oversized members (see above)."""
+
+    def __init__(self, url: str, name: str, limit: int) -> None:
+        self.url, self.name, self.limit = url, name, limit
+        self.current: dict[str, Any] | None = None
+        self.keys: set[str] = set()
+        self.last_member: str | None = None
+
+    def add(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> Iterator[dict[str, Any]]:
+        """Read one file member into the sample in progress; yields the previous sample once its key changes."""
+        member_name = escape_name(member.name)
+        key, ext = split_field_name(member_name)
+        current = self.current
+        if current is None or current["__key__"] != key or ext in current:
+            yield from self.flush()
+            current = self.current = {"__key__": key, "__url__": self.url}
+            if key in self.keys:
+                current[DUPLICATE_FIELD] = True
+                current[ERROR_FIELD] = (
+                    f"duplicate key {key!r} in {self.name}: a sample with this key came before in the shard "
+                    "(samples are never merged; the first one is used)"
+                )
+            self.keys.add(key)
+        data = _read_member(tar, member, self.limit)
+        if data is None:
+            current.setdefault(
+                ERROR_FIELD,
+                f"member {member_name!r} of {self.name} holds {member.size} bytes, over the limit of {self.limit} "
+                f"bytes per member ({MEMBER_LIMIT_ENV} raises it)",
+            )
+        else:
+            current[ext] = data
+        self.last_member = member_name
+
+    def flush(self) -> Iterator[dict[str, Any]]:
+        """The sample in progress, if any."""
+        if self.current is not None:
+            sample, self.current = self.current, None
+            yield sample
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int) -> bytes | None:
+    """A member's bytes, or None (after reading past it in chunks) when its header claims more than ``limit``."""
+    handle = tar.extractfile(member)
+    if handle is None:
+        return b""
+    if member.size <= limit:
+        return handle.read()
+    while handle.read(_DRAIN_CHUNK):  # stream mode has no seek: inflate and drop, holding one chunk at a time
+        pass
+    return None
 
 
 def iter_samples(source: str | Path, options: RemoteOptions | None = None) -> Iterator[dict[str, Any]]:
@@ -509,6 +592,8 @@ def parse_meta(sample: dict[str, Any], fmt: CaptionFormat = DCCLIP_CAPTIONS) -> 
     Raises ShardError naming the key and the problem.
     """
     key = sample.get("__key__", "?")
+    if ERROR_FIELD in sample:
+        raise ShardError(f"sample {key}: {sample[ERROR_FIELD]}")
     raw = sample.get("json")
     meta = _json_field(raw, key) if raw is not None else None
     if isinstance(meta, dict) and "captions" in meta:

@@ -39,8 +39,17 @@ class SourceError(OSError):
     """A shard source cannot be opened or read; the message names the URL."""
 
 
-class NoReaderError(SourceError):
+class FinalSourceError(SourceError):
+    """A failure that another attempt cannot change (no reader for the URL, an HTTP 4xx answer): not retried."""
+
+
+class NoReaderError(FinalSourceError):
     """Nothing installed here can read this kind of URL: retrying cannot help."""
+
+
+# HTTP answers that mean "try again later": every other 4xx is final (404, 403, 401, 410 ...), 5xx is retried.
+RETRYABLE_4XX = (408, 425, 429)
+CURL_HTTP_ERROR = 22
 
 
 def _env_float(name: str, default: float) -> float:
@@ -146,8 +155,42 @@ def transport_problem(stream: Any, url: str | Path) -> str | None:
     if status == 0:
         return None
     if str(url).startswith(CURL_SCHEMES):
+        if status == CURL_HTTP_ERROR:
+            return http_error(str(url))
         return f"curl exit {status}: {CURL_EXIT.get(status, 'see curl(1), EXIT CODES')}"
     return f"the command exited with status {status}"
+
+
+def http_error(url: str, options: RemoteOptions | None = None) -> str:
+    """Words for curl's exit 22 ("the server answered with an HTTP error"), with the status the server gives now."""
+    code = http_status(url, options or RemoteOptions())
+    if code is None:
+        return f"curl exit {CURL_HTTP_ERROR}: {CURL_EXIT[CURL_HTTP_ERROR]}"
+    final = " (final: not retried)" if is_final_status(code) else ""
+    return f"the server answered HTTP {code}{final}"
+
+
+def http_status(url: str, options: RemoteOptions) -> int | None:
+    """The HTTP status a GET of ``url``'s first byte answers (None when there is no answer): one short request."""
+    seconds = str(max(1, round(options.timeout_s)))
+    command = ["curl", "--silent", "--location", "--output", "/dev/null", "--write-out", "%{http_code}"]
+    command += ["--range", "0-0", "--max-time", seconds, "--", url]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=options.timeout_s + 5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    code = done.stdout.strip()
+    return int(code) if code.isdigit() and code != "000" else None
+
+
+def is_final_status(code: int) -> bool:
+    """A 4xx other than 408/425/429: the request itself is wrong (missing file, no access), so a retry is pointless."""
+    return 400 <= code < 500 and code not in RETRYABLE_4XX
+
+
+def is_final(reason: object) -> bool:
+    """Whether a failure (an exception, or ``transport_problem``'s words) cannot change on another attempt."""
+    return isinstance(reason, FinalSourceError) or "(final: not retried)" in str(reason)
 
 
 def close_stream(stream: Any, url: str | Path, finished: bool) -> None:
@@ -209,10 +252,12 @@ def read_bytes(url: str | Path, options: RemoteOptions | None = None) -> bytes:
             close_stream(stream, url, finished=True)
             return data
         except OSError as exc:
+            problem = transport_problem(stream, url) if stream is not None else None
             if stream is not None:
                 close_stream(stream, url, finished=False)
-            if attempt == options.retries:
-                raise SourceError(f"{describe(url)}: cannot read ({exc})") from exc
+            if attempt == options.retries or is_final(problem or exc):
+                error = FinalSourceError if is_final(problem or exc) else SourceError
+                raise error(f"{describe(url)}: cannot read ({problem or exc})") from exc
             time.sleep(options.delay(attempt))
     raise AssertionError("unreachable")
 

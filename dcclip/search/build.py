@@ -130,6 +130,8 @@ def build_index(
     images_per_s, ann.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SearchIndexError(f"{out}: exists and is not a directory; give --out a new or empty directory")
     if (out / MANIFEST_FILE).is_file():
         raise SearchIndexError(f"{out}: already holds an image index; add images with `dcclip index add` or pick --out")
     if out.exists() and any(out.iterdir()) and not (out / PARTS_DIR / STATE_FILE).is_file():

@@ -12,8 +12,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from dcclip.data.shard_build import SOURCE_IMAGE_EXTENSIONS
-from dcclip.data.shards import MANIFEST_NAME, ShardError, image_field, iter_tar_samples, shard_paths
+from dcclip.data.shard_build import SOURCE_IMAGE_EXTENSIONS, walk_folder
+from dcclip.data.shards import (
+    ERROR_FIELD,
+    MANIFEST_NAME,
+    ShardError,
+    escape_name,
+    image_field,
+    iter_tar_samples,
+    shard_paths,
+)
 from dcclip.data.sources import is_local, local_path
 
 __all__ = ["IndexInput", "check_source", "count_inputs", "is_image_folder", "iter_inputs"]
@@ -48,25 +56,32 @@ def is_image_folder(images: str | os.PathLike) -> bool:
     return not ((root / MANIFEST_NAME).is_file() or any(root.glob("*.tar")))
 
 
+def _is_image_name(path: Path) -> bool:
+    return path.suffix.lower().lstrip(".") in SOURCE_IMAGE_EXTENSIONS
+
+
 def folder_images(root: Path) -> list[Path]:
-    """Image files under ``root`` with the extensions ``dcclip shards build`` reads; recursive, sorted, not hidden."""
-    found = []
-    for path in root.rglob("*"):
-        relative = path.relative_to(root)
-        if any(part.startswith(".") for part in relative.parts):
-            continue
-        if path.suffix.lower().lstrip(".") in SOURCE_IMAGE_EXTENSIONS and path.is_file():
-            found.append(path)
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    """Image files under ``root`` with the extensions ``dcclip shards build`` reads; recursive, sorted, not hidden;
+    regular files only (symbolic links are not followed: see ``walk_folder``)."""
+    return [path for path in walk_folder(root)[0] if _is_image_name(path)]
+
+
+def folder_inputs(root: Path) -> Iterator[IndexInput]:
+    """The images of a folder in order, then every link or special file met, as a problem input (counted)."""
+    files, skipped = walk_folder(root)
+    for path in files:
+        if _is_image_name(path):
+            relative = escape_name(path.relative_to(root).as_posix())  # names that are not UTF-8, escaped
+            yield IndexInput(key=relative.rsplit(".", 1)[0], source=relative, path=path)
+    for path, why in skipped:
+        relative = escape_name(path.relative_to(root).as_posix())
+        yield IndexInput(key=relative, source=relative, problem=why)
 
 
 def iter_inputs(images: str | os.PathLike) -> Iterator[IndexInput]:
     """Every input of a folder or shard source, in a fixed order."""
     if is_image_folder(images):
-        root = local_path(str(images))
-        for path in folder_images(root):
-            relative = path.relative_to(root).as_posix()
-            yield IndexInput(key=relative.rsplit(".", 1)[0], source=relative, path=path)
+        yield from folder_inputs(local_path(str(images)))
         return
     for url in shard_paths(images):
         yield from shard_inputs(str(local_path(url).resolve()) if is_local(url) else url)
@@ -78,7 +93,9 @@ def shard_inputs(url: str) -> Iterator[IndexInput]:
         for sample in iter_tar_samples(url):
             key = sample["__key__"]
             field = image_field(sample)
-            if field is None:
+            if ERROR_FIELD in sample:
+                yield IndexInput(key=key, source=f"{url}#{key}", problem=sample[ERROR_FIELD])
+            elif field is None:
                 yield IndexInput(key=key, source=f"{url}#{key}", problem="sample has no jpg/jpeg/png/webp image")
             else:
                 yield IndexInput(key=key, source=f"{url}#{key}", data=sample[field])
@@ -98,4 +115,7 @@ def check_source(images: str | os.PathLike) -> None:
 
 def count_inputs(images: str | os.PathLike) -> int | None:
     """How many inputs a folder holds (for the progress bar); None for shards, which would have to be read twice."""
-    return len(folder_images(local_path(str(images)))) if is_image_folder(images) else None
+    if not is_image_folder(images):
+        return None
+    files, skipped = walk_folder(local_path(str(images)))
+    return sum(_is_image_name(path) for path in files) + len(skipped)
