@@ -185,17 +185,18 @@ def create_app(
     threads: int | None = None,
     ui: bool = True,
     index: Path | None = None,
+    allow_unsealed: bool = False,
 ) -> FastAPI:
     """Load ``bundle`` (verified) and build the API over it; ``threads`` sets onnxruntime's intra-op threads.
 
     ``ui`` serves the web page at ``/``; ``index`` loads an image index for /v1/search, refused (SearchIndexError)
-    when it was built from another bundle.
+    when it was built from another bundle; ``allow_unsealed`` loads a format-1/2 manifest that has no seal.
     """
     limits = limits or ServeLimits()
     # Any Image.open in this process (not only ours) now refuses bombs: PIL errors above twice this many pixels.
     Image.MAX_IMAGE_PIXELS = limits.max_image_pixels
     app = FastAPI(title="dcclip", version=__version__, description=api_description())
-    app.state.service = Service(Path(bundle), limits, precision, threads)
+    app.state.service = Service(Path(bundle), limits, precision, threads, allow_unsealed)
     app.state.index = open_index(Path(index), app.state.service.manifest) if index is not None else None
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_request_bytes)
@@ -210,5 +211,11 @@ def app_from_env() -> FastAPI:
     """The app described by the DCCLIP_SERVE_* environment variables (uvicorn's factory in worker processes)."""
     settings = ServeSettings.from_env()
     return create_app(
-        settings.bundle, settings.limits, settings.precision, settings.threads, ui=settings.ui, index=settings.index
+        settings.bundle,
+        settings.limits,
+        settings.precision,
+        settings.threads,
+        ui=settings.ui,
+        index=settings.index,
+        allow_unsealed=settings.allow_unsealed,
     )

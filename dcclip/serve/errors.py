@@ -48,6 +48,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "request_too_large": (413, "the body exceeds max_request_bytes (declared or streamed)"),
     "image_too_large": (413, "an image whose header declares more than max_image_pixels pixels (never decoded)"),
     "too_many_images": (413, "more than max_images images"),
+    "request_pixels_too_large": (413, "images that would decode to more than max_request_pixels pixels in total"),
     "too_many_labels": (413, "more than max_labels labels"),
     "too_many_templates": (413, "more than max_templates templates"),
     "too_many_texts": (413, "more than max_texts texts"),

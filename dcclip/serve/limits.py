@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from dcclip.runtime.errors import MAX_TEXT_CHARS
+
 __all__ = [
     "ENV_BUNDLE",
     "ENV_INDEX",
@@ -30,6 +32,7 @@ ENV_THREADS = "DCCLIP_SERVE_THREADS"
 ENV_LIMITS = "DCCLIP_SERVE_LIMITS"
 ENV_UI = "DCCLIP_SERVE_UI"
 ENV_INDEX = "DCCLIP_SERVE_INDEX"
+ENV_ALLOW_UNSEALED = "DCCLIP_SERVE_ALLOW_UNSEALED"
 MB = 1024 * 1024
 MAX_DEFAULT_CONCURRENCY = 4
 
@@ -45,17 +48,21 @@ class ServeLimits:
 
     max_request_bytes: int = 20 * MB
     max_image_pixels: int = 40_000_000
+    # pixels all the images of one request decode to (JPEGs decode at a reduced scale): 16 images of 40 megapixels
+    # each would otherwise take a 2 MiB body to 2.7 GB
+    max_request_pixels: int = 64_000_000
     max_images: int = 16
     max_labels: int = 1000
     max_templates: int = 32
     max_texts: int = 128
-    max_text_chars: int = 1000
+    max_text_chars: int = MAX_TEXT_CHARS  # the runtime's own limit (Python API and CLI)
     # characters of all the prompts one classify request makes (each label in each template): bounds the tokenizer
     # and text-tower work of a request whatever mix of many labels, long labels and many templates it uses
     max_prompt_chars: int = 200_000
     max_field_bytes: int = 1 * MB
     max_search_k: int = 100  # images one /v1/search answer may return
     max_concurrent_inference: int = field(default_factory=default_concurrency)
+    max_concurrent_decodes: int = 2  # full-size images decoded at once in a process, whatever the requests
 
     def __post_init__(self) -> None:
         """Refuse non-positive or non-integer limits at construction, not at the first request."""
@@ -88,6 +95,7 @@ class ServeSettings:
     threads: int | None = None
     ui: bool = True  # the web page at GET / (dcclip serve --no-ui turns it off)
     index: Path | None = None  # an image index for /v1/search (dcclip serve --index)
+    allow_unsealed: bool = False  # load a format-1/2 manifest without manifest_sha256 (dcclip serve --allow-unsealed)
 
     def to_env(self) -> dict[str, str]:
         """Environment variables that ``from_env`` reads back."""
@@ -97,6 +105,7 @@ class ServeSettings:
             ENV_LIMITS: json.dumps(self.limits.to_dict()),
             ENV_UI: "1" if self.ui else "0",
             ENV_INDEX: str(Path(self.index).resolve()) if self.index is not None else "",
+            ENV_ALLOW_UNSEALED: "1" if self.allow_unsealed else "0",
         }
         if self.threads is not None:
             env[ENV_THREADS] = str(int(self.threads))
@@ -119,4 +128,5 @@ class ServeSettings:
             int(threads) if threads else None,
             ui=environ.get(ENV_UI, "1") != "0",
             index=Path(index) if index else None,
+            allow_unsealed=environ.get(ENV_ALLOW_UNSEALED, "0") == "1",
         )

@@ -5,6 +5,13 @@ or half a body and then stalls keeps its connection, and a file descriptor, fore
 stops answering. ``ReadTimeoutH11Protocol`` closes a connection whose client has sent nothing for ``read_timeout``
 seconds while the server waits on it (headers or body incomplete, or idle between requests); a request the app is
 still answering is never cut.
+
+A client that trickles a byte every few seconds never trips that timer, so two more bounds hold whatever arrives:
+a request's head and body must be complete within ``request_timeout`` seconds of its first byte (of the connection,
+for the first request), and at most ``max_pending`` connections may be waiting for their request at once (the
+oldest is closed to make room: a real client sends its head in milliseconds, a slow-drip one is the oldest). The
+connections still receiving their request do not count towards ``limit_concurrency`` (the 503 threshold), so
+``/healthz`` and real requests keep their answers while slow-drip connections come and go.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -20,22 +28,63 @@ log = logging.getLogger("dcclip.serve")
 
 
 class ReadTimeoutH11Protocol(H11Protocol):
-    """H11Protocol that closes connections on which the client stalls (see the module docstring)."""
+    """H11Protocol that closes connections on which the client stalls or trickles (see the module docstring)."""
 
     read_timeout: float = 15.0
+    request_timeout: float = 30.0
+    max_pending: int = 512
+    pending: OrderedDict[ReadTimeoutH11Protocol, None]  # per server class: connections still receiving a request
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._read_timer: asyncio.TimerHandle | None = None
+        self._request_timer: asyncio.TimerHandle | None = None
+        self._base_limit = self.limit_concurrency
         super().connection_made(transport)
         self._arm_read_timer()
+        self._start_request()
 
     def data_received(self, data: bytes) -> None:
         self._arm_read_timer()
+        if self._request_timer is None and self._waiting_on_client():
+            self._start_request()  # the first bytes of the next request on a kept-alive connection
+        if self._base_limit is not None:  # only connections past their request count towards the 503 threshold
+            self.limit_concurrency = self._base_limit + len(self.pending)
         super().data_received(data)
+        if not self._waiting_on_client():
+            self._end_request()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_read_timer()
+        self._end_request()
         super().connection_lost(exc)
+
+    def _start_request(self) -> None:
+        """Start the clock on one request's head and body; make room among the connections waiting for theirs."""
+        self._request_timer = self.loop.call_later(self.request_timeout, self._on_request_timeout)
+        self.pending[self] = None
+        while len(self.pending) > self.max_pending:
+            oldest = next(iter(self.pending))
+            oldest._close_pending(f"over {self.max_pending} connections waiting for their request; oldest closed")
+
+    def _end_request(self) -> None:
+        if self._request_timer is not None:
+            self._request_timer.cancel()
+            self._request_timer = None
+        self.pending.pop(self, None)
+
+    def _on_request_timeout(self) -> None:
+        self._request_timer = None
+        if self._waiting_on_client():
+            self._close_pending(f"request not received in full within {self.request_timeout:g} s")
+        else:
+            self.pending.pop(self, None)
+
+    def _close_pending(self, why: str) -> None:
+        """Close a connection whose request has not fully arrived (no app runs on it yet)."""
+        self._end_request()
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "client"
+        log.info("closing %s: %s", client, why)
+        self.transport.close()
 
     def _arm_read_timer(self) -> None:
         self._cancel_read_timer()
@@ -61,11 +110,22 @@ class ReadTimeoutH11Protocol(H11Protocol):
         self.transport.close()
 
 
-def protocol_with_timeout(read_timeout: float) -> type[ReadTimeoutH11Protocol]:
-    """A protocol class for ``uvicorn.run(http=...)`` with this read timeout."""
-    if not read_timeout > 0:
-        raise ValueError(f"read_timeout must be > 0 seconds, got {read_timeout!r}")
-    return type("ReadTimeoutH11Protocol", (ReadTimeoutH11Protocol,), {"read_timeout": float(read_timeout)})
+def protocol_with_timeout(
+    read_timeout: float, request_timeout: float = 30.0, max_pending: int = 512
+) -> type[ReadTimeoutH11Protocol]:
+    """A protocol class for ``uvicorn.run(http=...)`` with these timeouts and its own table of pending connections."""
+    for name, value in (("read_timeout", read_timeout), ("request_timeout", request_timeout)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+    if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+        raise ValueError(f"max_pending must be a positive int, got {max_pending!r}")
+    settings = {
+        "read_timeout": float(read_timeout),
+        "request_timeout": float(request_timeout),
+        "max_pending": max_pending,
+        "pending": OrderedDict(),
+    }
+    return type("ReadTimeoutH11Protocol", (ReadTimeoutH11Protocol,), settings)
 
 
 class RepeatFilter(logging.Filter):

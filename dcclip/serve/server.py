@@ -13,6 +13,7 @@ __all__ = ["FACTORY", "serve"]
 
 FACTORY = "dcclip.serve.app:app_from_env"
 READ_TIMEOUT_S = 15.0  # a client silent this long while the server waits on its request is disconnected
+REQUEST_TIMEOUT_S = 30.0  # a request's head and body must arrive within this, however the bytes trickle in
 KEEP_ALIVE_S = 5  # idle keep-alive connections close after this (uvicorn's timeout_keep_alive)
 MAX_CONNECTIONS = 512  # open connections / requests in flight before 503s (uvicorn's limit_concurrency)
 log = logging.getLogger("dcclip.serve")
@@ -30,15 +31,18 @@ def serve(
     max_connections: int = MAX_CONNECTIONS,
     ui: bool = True,
     index: Path | None = None,
+    allow_unsealed: bool = False,
+    request_timeout: float = REQUEST_TIMEOUT_S,
 ) -> None:
     """Serve ``bundle`` over HTTP until interrupted; the bundle (and ``index``) are checked before any worker starts.
 
     ``ui`` serves the web page at ``/``; ``index`` is an image index for /v1/search, refused here when it was built
     from another bundle.
 
-    Connections: a client that sends nothing for ``read_timeout`` seconds while the server waits on it is closed,
-    idle keep-alive connections after ``KEEP_ALIVE_S``; beyond ``max_connections`` open connections (or requests in
-    flight) the server answers 503 at once instead of running out of file descriptors.
+    Connections: a client that sends nothing for ``read_timeout`` seconds while the server waits on it is closed, one
+    that has not sent a request's head and body within ``request_timeout`` seconds too (however it trickles), idle
+    keep-alive connections after ``KEEP_ALIVE_S``; beyond ``max_connections`` connections waiting for their request
+    the oldest is closed, and beyond ``max_connections`` requests in flight the server answers 503 at once.
     """
     import uvicorn
 
@@ -47,7 +51,7 @@ def serve(
     if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
         raise ValueError(f"max_connections must be a positive int, got {max_connections!r}")
     connection_options = {
-        "http": protocol_with_timeout(read_timeout),
+        "http": protocol_with_timeout(read_timeout, request_timeout, max_connections),
         "timeout_keep_alive": KEEP_ALIVE_S,
         "limit_concurrency": max_connections,
     }
@@ -55,12 +59,16 @@ def serve(
 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
-    settings = ServeSettings(Path(bundle), limits or ServeLimits(), precision, threads, ui=ui, index=index)
-    manifest = verify_bundle(settings.bundle)  # a broken bundle fails here, once, not in every worker
+    settings = ServeSettings(
+        Path(bundle), limits or ServeLimits(), precision, threads, ui=ui, index=index, allow_unsealed=allow_unsealed
+    )
+    manifest = verify_bundle(settings.bundle, allow_unsealed)  # a broken bundle fails here, once, not in every worker
     if workers == 1:
         from dcclip.serve.app import create_app
 
-        app = create_app(settings.bundle, settings.limits, precision, threads, ui=ui, index=index)
+        app = create_app(
+            settings.bundle, settings.limits, precision, threads, ui=ui, index=index, allow_unsealed=allow_unsealed
+        )
         uvicorn.run(app, host=host, port=port, log_level="info", **connection_options)
         return
     if index is not None:  # an index of another bundle fails here, once, not in every worker
