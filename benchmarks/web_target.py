@@ -6,8 +6,8 @@ Builds the web target from the bundle (default runs/demo/bundle; `--bundle test-
 test student instead), serves it from 127.0.0.1 with cross-origin isolation (so onnxruntime-web may use threads),
 and measures in Debian's Chromium: token ids, embedding cosines and zero-shot top-1 agreement against
 dcclip.runtime on toy-world eval images, then the median ms per image (fetch + decode + preprocess + image tower,
-batch 1) and per text (tokenise + text tower, batch 1) after a warm-up, with 1 thread and onnxruntime-web's default
-thread count. The Python runtime's ms (onnxruntime, 1 thread) on the same inputs is given beside them.
+batch 1; decode + preprocess also apart) and per text (tokenise + text tower, batch 1) after a warm-up, with 1 thread
+and onnxruntime-web's default thread count. The Python runtime's ms (onnxruntime, 1 thread) is given beside them.
 """
 
 from __future__ import annotations
@@ -113,6 +113,7 @@ def browser_timings(server: StaticServer, image: Path, text: str, repeat: int) -
             open_page(browser, f"{server.url}/index.html?threads={threads}")
             info = call(browser, "return [crossOriginIsolated, navigator.hardwareConcurrency];")
             image_ms = js(browser, "time", "image", [f"testdata/{image.name}"], repeat)
+            pixels_ms = js(browser, "time", "pixels", [f"testdata/{image.name}"], repeat)
             text_ms = js(browser, "time", "text", [text], repeat)
         finally:
             browser.quit()
@@ -120,6 +121,7 @@ def browser_timings(server: StaticServer, image: Path, text: str, repeat: int) -
             "where": "browser (onnxruntime-web WASM)",
             "threads": "1" if threads == 1 else f"default (isolated={info[0]}, cores={info[1]})",
             "ms_per_image": float(np.median(image_ms)),
+            "ms_decode_preprocess": float(np.median(pixels_ms)),
             "ms_per_text": float(np.median(text_ms)),
         })  # fmt: skip
     return rows
@@ -132,6 +134,7 @@ def python_timings(bundle: Path, image: Path, text: str, repeat: int) -> dict[st
         "where": "python (onnxruntime CPU)",
         "threads": "1",
         "ms_per_image": median_ms(lambda: model.embed_images([str(image)]), repeat, warmup=2),
+        "ms_decode_preprocess": median_ms(lambda: model.preprocess(model.load_image(str(image))), repeat, warmup=2),
         "ms_per_text": median_ms(lambda: model.embed_texts([text]), repeat, warmup=2),
     }
 
@@ -170,7 +173,7 @@ def main() -> None:
         finally:
             server.close()
         rows.append(python_timings(bundle, images[0], prompts[0], args.repeat))
-    table = markdown_table(rows, ["where", "threads", "ms_per_image", "ms_per_text"])
+    table = markdown_table(rows, ["where", "threads", "ms_per_image", "ms_decode_preprocess", "ms_per_text"])
     table += "\n\n" + markdown_table([figures], list(figures))
     command = "python benchmarks/web_target.py " + " ".join(sys.argv[1:])
     payload = {"bundle": args.bundle, "build_seconds": build_s, "site_bytes": summary["bytes"], "parity": figures,

@@ -85,7 +85,12 @@ window.dcclip = {
   classEmbeddings: async (labels, lang) => (await model.classEmbeddings(labels, lang)).map((e) => Array.from(e)),
   search: (query) => model.search(query, added),
   time: async (kind, items, repeats) => {
-    const run = kind === "image" ? () => model.embedImages(items) : () => model.embedTexts(items);
+    const runs = {
+      image: () => model.embedImages(items),
+      pixels: async () => { for (const url of items) await model.pixels(url); },
+      text: () => model.embedTexts(items),
+    };
+    const run = runs[kind];
     await run();
     const times = [];
     for (let i = 0; i < repeats; i++) { const t = performance.now(); await run(); times.push(performance.now() - t); }
