@@ -161,7 +161,7 @@ def test_a_missing_shard_and_a_stalled_server_fail_with_the_reason(server, monke
     monkeypatch.setenv("DCCLIP_SHARD_RETRIES", "0")
     monkeypatch.setenv("DCCLIP_SHARD_TIMEOUT", "1")
     server.rules["set/shard-000000.tar"] = "missing"
-    with pytest.raises(ShardError, match=r"curl exit 22: the server answered with an HTTP error"):
+    with pytest.raises(ShardError, match=r"the server answered HTTP 404 \(final: not retried\)"):
         list(iter_tar_samples(f"{server.url}/set/shard-000000.tar"))
     server.rules["set/shard-000001.tar"] = "stall"
     with pytest.raises(ShardError, match=r"curl exit 28: timed out"):
