@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import jpeg_bytes
+from helpers.images import jpeg_bytes
 
 from dcclip.cli import build_parser, main
 
@@ -32,6 +32,8 @@ COMMANDS = [
     ["eval", "retrieval"],
     ["eval", "alignment"],
     ["export"],
+    ["target"],
+    ["card"],
     ["classify"],
     ["serve"],
     ["index"],

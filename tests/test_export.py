@@ -13,7 +13,8 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
-from test_export_helpers import make_checkpoint, scene, shared_bundle, write_eval_set
+from helpers.export import make_checkpoint, shared_bundle, write_eval_set
+from helpers.images import scene
 
 from dcclip.export import onnx as onnx_export
 from dcclip.export.bundle import export_bundle
@@ -70,7 +71,9 @@ def test_manifest_describes_the_bundle(tiny):
     assert manifest["text_max_length"] == 16 and manifest["pad_id"] == loaded.tokenizer.pad_id
     assert manifest["languages"] == loaded.langs
     assert manifest["source"]["step"] == 1 and manifest["source"]["student"] == "test-student"
-    assert set(manifest["files"]) == {"image.onnx", "text.onnx", "image.int8.onnx", "text.int8.onnx", "tokenizer.json"}
+    assert set(manifest["files"]) == {
+        "image.onnx", "text.onnx", "image.int8.onnx", "text.int8.onnx", "tokenizer.json", "MODEL_CARD.md"
+    }  # fmt: skip
     for name, entry in manifest["files"].items():
         assert entry["sha256"] == sha256_file(bundle / name) and entry["bytes"] == (bundle / name).stat().st_size
     assert manifest["files"]["image.int8.onnx"] == {**manifest["files"]["image.int8.onnx"], "role": "image"}
@@ -422,6 +425,7 @@ def test_int8_only_bundle_and_torchscript_retry_after_failed_parity(tiny, tmp_pa
     assert manifest["exporter"]["image"]["file"] is None, "fp32 files are not part of an int8 bundle"
     assert manifest["precisions"] == ["int8"] and list(manifest["parity"]) == ["int8"]
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [
+        "MODEL_CARD.md",
         "image.int8.onnx",
         "manifest.json",
         "text.int8.onnx",

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from test_export_helpers import scene, shared_bundle, write_eval_set
+from helpers.export import shared_bundle, write_eval_set
+from helpers.images import scene
 
 import dcclip.export.bundle as bundle_module
 from dcclip.export.bundle import export_bundle, fallback_reasons
@@ -198,6 +199,7 @@ def test_one_tower_below_the_bar_ships_fp32_the_other_int8(tiny, tmp_path, monke
     assert [item["plan"] for item in quant["text"]["plans_tried"]] == ["all_int8"], "one plan for a dynamic tower"
     bundle = tmp_path / "b"
     assert sorted(p.name for p in bundle.iterdir()) == [
+        "MODEL_CARD.md",
         "image.int8.onnx",
         "manifest.json",
         "text.int8.onnx",
