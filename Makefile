@@ -33,11 +33,11 @@ screenshot: $(BROWSER_STAMP) browser-tools
 	$(PY) tests/browser/screenshot.py --bundle runs/demo/bundle --world runs/demo/world --out docs/ui.png
 
 browser-tools:
-	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null \
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || ! command -v npm >/dev/null \
 	    || ! fc-list :lang=zh 2>/dev/null | grep -q .; then \
 	  SUDO=$$(test "$$(id -u)" -eq 0 || echo sudo); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends \
-	    chromium chromium-driver fonts-wqy-microhei; \
+	    chromium chromium-driver fonts-wqy-microhei nodejs npm; \
 	fi
 
 $(BROWSER_STAMP): $(STAMP)

@@ -81,11 +81,13 @@ def _cmd_shards_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_shards_translate(args: argparse.Namespace) -> int:
-    from dcclip.stages.translate import run
+    from dcclip.data.translate import run
+    from dcclip.engine import distributed
 
     summary = run(
         args.shards, args.out, args.model, _split_list(args.langs) or [], source_lang=args.source_lang,
         batch_size=args.batch_size, device=args.device, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
+        group=distributed,
     )  # fmt: skip
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     return 0
@@ -206,7 +208,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_target(args: argparse.Namespace) -> int:
     from dcclip.export.targets import build_target
 
-    summary = build_target(args.target, Path(args.bundle), Path(args.out))
+    if args.images and args.target != "web":
+        raise SystemExit(f"dcclip target {args.target}: --images is for the web target only")
+    options = {"images": Path(args.images)} if args.images else {}
+    summary = build_target(args.target, Path(args.bundle), Path(args.out), **options)
     print(json.dumps(summary, indent=2, ensure_ascii=False))
     return 0
 
@@ -462,7 +467,7 @@ def _add_teacher(sub: argparse._SubParsersAction) -> None:
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="zero-shot, retrieval and cross-lingual alignment evaluation per language")
-    from dcclip.eval.tasks import TASKS
+    from dcclip.eval.registry import TASKS
 
     tasks = p.add_subparsers(dest="eval_task", required=True, metavar="{" + ",".join(TASKS) + "}")
     for name, task in TASKS.items():
@@ -531,6 +536,7 @@ def _add_deploy(sub: argparse._SubParsersAction) -> None:
     g.add_argument("target", choices=sorted(TARGETS), help="; ".join(f"{k}: {v}" for k, v in TARGETS.items()))
     g.add_argument("--bundle", required=True, help="bundle directory written by `dcclip export`")
     g.add_argument("--out", required=True, help="directory to write the target into")
+    g.add_argument("--images", default=None, help="web only: a folder of images embedded now, shipped for search")
     g.set_defaults(func=_cmd_target)
 
     k = sub.add_parser("card", help="refresh a bundle's MODEL_CARD.md from an eval or demo report.json (re-sealed)")
