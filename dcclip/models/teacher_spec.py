@@ -2,7 +2,8 @@
 
 Forms: ``openclip:MODEL@TAG``, ``openclip:MODEL@random``, ``openclip:/path/ckpt.pt#ARCH``, ``openclip:/path/dir`` (or
 open_clip's own ``local-dir:``), ``openclip:hf-hub:ORG/REPO``, ``hf:/path/dir``, ``hf:ORG/NAME`` and ``mclip:/path/dir``
-(text side only). Loading lives in ``dcclip.models.teachers``; this module needs no torch, so features, eval and the
+(text side only). Backend names, roles and spec forms come from ``dcclip.models.teachers.registry`` (a new backend is
+a module and one line there); loading lives in that package. This module needs no torch, so features, eval and the
 CLI can reason about a spec without loading anything.
 """
 
@@ -14,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dcclip.models.teachers.registry import BACKENDS as REGISTERED
+from dcclip.models.teachers.registry import CLIP, DIRECTORY_OR_HUB, OPENCLIP_FORM, backend_names
 from dcclip.runtime.tokenizer import HUB_ID_RE
 
 OPENCLIP, HF, MCLIP = "openclip", "hf", "mclip"
-BACKENDS = (OPENCLIP, HF, MCLIP)
+BACKENDS = backend_names()  # the registered backends when this module was imported
 PREFIXES = tuple(f"{backend}:" for backend in BACKENDS)
-CLIP_PREFIXES = (f"{OPENCLIP}:", f"{HF}:")  # image + text teachers; mclip: is a text side only
+CLIP_PREFIXES = tuple(f"{backend}:" for backend in backend_names(CLIP))  # image + text teachers; the rest: text sides
 RANDOM_TAG = "random"
 OPENCLIP_HUB_PREFIX = "hf-hub:"
 OPENCLIP_DIR_PREFIX = "local-dir:"
@@ -70,9 +73,9 @@ def parse_teacher_spec(spec: str) -> TeacherSpec:
     """Split a spec string into a TeacherSpec; local paths must exist so that typos fail here, naming the spec."""
     spec = (spec or "").strip()
     backend, sep, body = spec.partition(":")
-    if not spec or not sep or backend not in BACKENDS or not body:
+    if not spec or not sep or backend not in REGISTERED or not body:
         raise TeacherSpecError(f"invalid teacher spec {spec!r}: expected one of {SPEC_FORMS}")
-    if backend == OPENCLIP:
+    if REGISTERED[backend].form == OPENCLIP_FORM:
         return _parse_openclip(spec, body)
     return _parse_hf_like(spec, backend, body)
 
@@ -106,15 +109,17 @@ def _parse_openclip(spec: str, body: str) -> TeacherSpec:
 
 
 def _parse_hf_like(spec: str, backend: str, body: str) -> TeacherSpec:
-    """Parse ``hf:`` / ``mclip:``: an existing local directory first, else a hub id (``hf:`` only)."""
+    """Parse ``hf:`` / ``mclip:`` and other directory backends: an existing local directory first, else a hub id
+    (backends whose form allows one, as ``hf:``)."""
     path = Path(body).expanduser()
     if path.is_dir():
         return TeacherSpec(backend, str(path), "", "dir", spec)
     if path.exists():
         raise TeacherSpecError(f"teacher spec {spec!r}: {path} is a file; expected a model directory")
-    if backend == HF and HUB_ID_RE.match(body) and not body.startswith("."):
+    hub = REGISTERED[backend].form == DIRECTORY_OR_HUB
+    if hub and HUB_ID_RE.match(body) and not body.startswith("."):
         return TeacherSpec(backend, body, "", "hub", spec)
-    hint = " (mclip teachers load from a local directory: download it first)" if backend == MCLIP else ""
+    hint = "" if hub else f" ({backend} teachers load from a local directory: download it first)"
     raise TeacherSpecError(f"teacher spec {spec!r}: directory {path} does not exist{hint}")
 
 
