@@ -13,8 +13,8 @@ from PIL import Image
 
 from dcclip.eval.datasets import ClassificationDataset, RetrievalDataset, open_dataset
 from dcclip.eval.models import (
-    BundleModel,
     ModelLoadError,
+    OnnxEvalModel,
     RememberedTexts,
     StudentModel,
     TeacherModel,
@@ -134,7 +134,7 @@ def test_load_model_bundle_dir_uses_the_runtime_or_says_it_is_missing(tmp_path, 
     fake.load_bundle_model = lambda path, precision="fp32": opened.append((Path(path), precision)) or FakeRuntime()
     monkeypatch.setitem(sys.modules, "dcclip.runtime.bundle", fake)
     model = load_model(bundle)
-    assert isinstance(model, BundleModel) and model.name == "bundle"
+    assert isinstance(model, OnnxEvalModel) and model.name == "bundle"
     assert_unit_rows(model.embed_images(images(3)), 3)
     assert_unit_rows(model.embed_texts(["x"]), 1)
     assert load_model(f"{bundle}@int8").name == "bundle@int8"

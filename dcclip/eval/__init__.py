@@ -7,7 +7,7 @@ teacher spec into an ``EmbeddingModel``. Nothing here imports torch or matplotli
 import importlib
 from typing import Any
 
-# Loaded on first use (PEP 562): the CLI reads the task registry (eval/tasks.py) without importing the evaluators.
+# Loaded on first use (PEP 562): the CLI reads the task registry (eval/registry.py) without importing the evaluators.
 _EXPORTS = {
     "ClassificationDataset": "dcclip.eval.datasets",
     "DatasetError": "dcclip.eval.datasets",

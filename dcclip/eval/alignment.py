@@ -23,7 +23,7 @@ import numpy as np
 from dcclip.eval.datasets import DatasetError, RetrievalDataset
 from dcclip.eval.embedding import embed_texts
 from dcclip.eval.models import EmbeddingModel
-from dcclip.eval.tasks import TASKS
+from dcclip.eval.registry import TASKS
 
 __all__ = ["METRICS", "PIVOT", "alignment_scores", "evaluate_alignment", "parallel_pairs"]
 

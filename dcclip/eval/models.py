@@ -23,9 +23,9 @@ from dcclip.runtime.prompts import l2_normalize
 __all__ = [
     "BUNDLE_FORMAT",
     "TEACHER_PREFIXES",
-    "BundleModel",
     "EmbeddingModel",
     "ModelLoadError",
+    "OnnxEvalModel",
     "StudentModel",
     "TeacherModel",
     "batches",
@@ -163,7 +163,7 @@ class TeacherModel:
         return _embed_batched(self._texts, _check_texts(texts), self.batch_size)
 
 
-class BundleModel:
+class OnnxEvalModel:
     """An exported ONNX bundle, loaded by the torch-free runtime, as an EmbeddingModel."""
 
     def __init__(
@@ -287,7 +287,7 @@ def load_model(
         fmt = _bundle_format(path)
         if fmt == BUNDLE_FORMAT:
             _refuse_text_spec(text_spec, ref_str)
-            return BundleModel(path, name=name, batch_size=batch_size, precision=ref_precision or precision)
+            return OnnxEvalModel(path, name=name, batch_size=batch_size, precision=ref_precision or precision)
         if _is_checkpoint_like(path):
             _refuse_text_spec(text_spec, ref_str)
             return StudentModel(path, device=device, name=name, batch_size=batch_size)

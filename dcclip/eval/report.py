@@ -32,7 +32,7 @@ from dcclip import __version__
 from dcclip.eval import distributed, stats
 from dcclip.eval.datasets import ClassificationDataset, DatasetError, RetrievalDataset, open_dataset
 from dcclip.eval.models import TEACHER_PREFIXES, EmbeddingModel, default_name, load_model
-from dcclip.eval.tasks import TASKS, UNBOUNDED, EvalTask, get_task
+from dcclip.eval.registry import TASKS, UNBOUNDED, EvalTask, get_task
 from dcclip.io import write_bytes_atomic
 
 __all__ = [

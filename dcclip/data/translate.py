@@ -5,6 +5,9 @@ field byte for byte and every caption it had, and gains the missing target langu
 sample's ``caption_sources`` (``{"zh": {"kind": "machine", "model": ..., "from": "en"}}``); captions that came with
 the data are not listed there. Like ``cache-teacher``, ranks take disjoint shards, a shard is written under a
 temporary name and renamed, finished shards are kept on restart, and rank 0 writes ``manifest.json`` at the end.
+
+The process group is passed in (``ProcessGroup``: ``dcclip.engine.distributed`` is one), so this data tool stays on
+the data floor. Language names of Marian models are read with ``dcclip.data.langcodes``, the one table of codes.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
+from dcclip.data.langcodes import normalise_lang
 from dcclip.data.shards import (
     BUILDING_MARKER,
     MACHINE,
@@ -36,7 +40,6 @@ from dcclip.data.shards import (
     write_shard,
 )
 from dcclip.data.sources import is_local, local_path, shard_name
-from dcclip.engine.distributed import DistEnv, all_reduce_sum_int, barrier, init_distributed, shutdown_distributed
 from dcclip.io import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -52,17 +55,34 @@ NLLB_CODES = {
     "nl": "nld_Latn", "pl": "pol_Latn", "tr": "tur_Latn", "uk": "ukr_Cyrl", "vi": "vie_Latn", "th": "tha_Thai",
     "id": "ind_Latn", "sv": "swe_Latn", "el": "ell_Grek", "he": "heb_Hebr", "fa": "pes_Arab", "bn": "ben_Beng",
 }  # fmt: skip
-# ISO 639-1 -> the names Marian (OPUS-MT) models use for a language: tokenizer metadata and ``>>xxx<<`` target tokens.
-MARIAN_NAMES = {
-    "en": ("en", "eng"), "zh": ("zh", "zho", "cmn", "zho_Hans", "cmn_Hans", "chi"), "ja": ("ja", "jpn"),
-    "ko": ("ko", "kor"), "ar": ("ar", "ara", "arb"), "hi": ("hi", "hin"), "ru": ("ru", "rus"), "es": ("es", "spa"),
-    "fr": ("fr", "fra", "fre"), "de": ("de", "deu", "ger"), "it": ("it", "ita"), "pt": ("pt", "por"),
-}  # fmt: skip
 _MARIAN_NAME = re.compile(r"opus-mt(?:-tc-big)?-([A-Za-z_]+)-([A-Za-z_]+)$")
 
 
 class TranslateError(ValueError):
     """The model, the languages or the output directory cannot be used; the message says what to change."""
+
+
+class Ranks(Protocol):
+    """Where this process sits among torchrun's ranks (``dcclip.engine.distributed.DistEnv``)."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool: ...
+
+
+class ProcessGroup(Protocol):
+    """What a translation run needs from torchrun's process group; ``dcclip.engine.distributed`` provides it."""
+
+    def init_distributed(self, device_preference: str = "auto") -> Ranks: ...
+
+    def shutdown_distributed(self) -> None: ...
+
+    def barrier(self) -> None: ...
+
+    def all_reduce_sum_int(self, value: int, device: torch.device) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -165,9 +185,19 @@ def model_token(family: str, code: str) -> str:
 
 
 def marian_prefix(spec: str, prefixes: Iterable[str]) -> str:
-    """The ``>>xxx<<`` target token of a multi-target Marian model for one language, or a clear error."""
+    """The ``>>xxx<<`` target token of a multi-target Marian model for one language, or a clear error.
+
+    ``KEY=NAME`` names the token; otherwise the token whose name langcodes reads as KEY, the plainest first: the key
+    itself, then bare codes (``zho``), then ones with a script or region (``cmn_Hans`` before ``cmn_Hant``).
+    """
     available = set(prefixes)
-    names = [lang_override(spec)] if lang_override(spec) else MARIAN_NAMES.get(lang_key(spec), (lang_key(spec),))
+    override = lang_override(spec)
+    if override:
+        names = [override]
+    else:
+        key = lang_key(spec)
+        names = [p[2:-2] for p in available if p.startswith(">>") and p.endswith("<<") and iso_of(p[2:-2]) == key]
+        names.sort(key=lambda name: (name != key, "_" in name or "-" in name, name))
     for name in names:
         if f">>{name}<<" in available:
             return f">>{name}<<"
@@ -188,14 +218,19 @@ def iso_of(name: str | None) -> str | None:
     """dcclip's ISO 639-1 code for a Marian language name (``zho`` -> ``zh``); unknown names pass through."""
     if not name:
         return None
-    return next((iso for iso, names in MARIAN_NAMES.items() if name in names), name)
+    return normalise_lang(name) or name
+
+
+def is_iso_639_1(code: str | None) -> bool:
+    """Whether a (normalised) language name is a two-letter ISO 639-1 code, not a group (``gem``) or ``mul``."""
+    return bool(code) and len(code) == 2 and code.isalpha()
 
 
 def check_marian_pair(specs: tuple[str, ...], source_lang: str, pair: tuple[str | None, str | None], ref: str) -> None:
     """A one-pair Marian model translates one direction: refuse any other source or any target but its own."""
     source, target = pair
     wanted = [lang_key(s) for s in specs]
-    if source in MARIAN_NAMES and source != lang_key(source_lang):  # "mul" and group names take any source
+    if is_iso_639_1(source) and source != lang_key(source_lang):  # "mul" and group names take any source
         raise TranslateError(f"{ref} translates from {source!r}, not from --source-lang {lang_key(source_lang)!r}")
     if target and wanted != [target]:
         raise TranslateError(f"{ref} translates {source or '?'} -> {target} only: pass --langs {target}")
@@ -449,7 +484,9 @@ def progress(enabled: bool) -> Any:
 # ---- the shard set -----------------------------------------------------------------------------------------------
 
 
-def translate_shard_set(options: TranslateOptions, out_dir: Path, env: DistEnv, show_progress: bool = True) -> dict:
+def translate_shard_set(
+    options: TranslateOptions, out_dir: Path, env: Ranks, group: ProcessGroup, show_progress: bool = True
+) -> dict:
     """Translate this rank's shards (rank r takes r, r + world, ...); rank 0 then writes the manifest."""
     urls = shard_paths(options.shards)
     outputs = output_paths(urls, out_dir)
@@ -468,8 +505,9 @@ def translate_shard_set(options: TranslateOptions, out_dir: Path, env: DistEnv, 
     seconds = time.perf_counter() - started
     if bar is not None:
         bar.close()
-    summary = run_summary(counts, record["langs"], seconds, len(urls), len(todo), len(mine) - len(todo), env)
-    barrier()
+    reduce = group.all_reduce_sum_int
+    summary = run_summary(counts, record["langs"], seconds, len(urls), len(todo), len(mine) - len(todo), env, reduce)
+    group.barrier()
     if env.is_main:
         write_translation_manifest(out_dir, outputs, {**record, "source": options.shards})
     summary["out"] = str(out_dir)
@@ -478,7 +516,14 @@ def translate_shard_set(options: TranslateOptions, out_dir: Path, env: DistEnv, 
 
 
 def run_summary(
-    counts: Counter, langs: list[str], seconds: float, shards: int, done_now: int, reused: int, env: DistEnv
+    counts: Counter,
+    langs: list[str],
+    seconds: float,
+    shards: int,
+    done_now: int,
+    reused: int,
+    env: Ranks,
+    all_reduce_sum_int: Callable[[int, torch.device], int],
 ) -> dict:
     """What this run did, summed over ranks: shards done and reused, captions translated, samples passed over."""
     keys = [*COUNT_KEYS, *(f"{kind}:{lang}" for kind in ("machine", "kept", "empty") for lang in langs)]
@@ -553,8 +598,10 @@ def run(
     max_new_tokens: int = 256,
     num_beams: int = 1,
     show_progress: bool = True,
+    *,
+    group: ProcessGroup,
 ) -> dict[str, Any]:
-    """Entry point of ``dcclip shards translate`` (one process or a torchrun rank)."""
+    """Entry point of ``dcclip shards translate`` (one process or a torchrun rank, in ``group``'s process group)."""
     if batch_size < 1 or max_new_tokens < 1 or num_beams < 1:
         raise TranslateError("--batch-size, --max-new-tokens and --num-beams must be >= 1")
     if device == "cuda" and not torch.cuda.is_available():
@@ -562,8 +609,8 @@ def run(
     options = TranslateOptions(
         str(shards), model, tuple(langs), source_lang, batch_size, max_new_tokens, num_beams, device
     )
-    env = init_distributed(device)
+    env = group.init_distributed(device)
     try:
-        return translate_shard_set(options, Path(out), env, show_progress)
+        return translate_shard_set(options, Path(out), env, group, show_progress)
     finally:
-        shutdown_distributed()
+        group.shutdown_distributed()
