@@ -172,7 +172,8 @@ def _build(
     parity = {key: value for key, value in parity.items() if key in precisions}
     manifest = _manifest(loaded, staging, precisions, records, quantization, parity, max_len)
     manifest["files"] = _mark_shipped(manifest["files"], quantization)
-    manifest["validation_inputs"] = {"images": inputs.image_source, "captions": "shards" if captions else "built-in"}
+    caption_source = "shards" if captions else inputs.caption_source  # else "eval_set" or "built-in"
+    manifest["validation_inputs"] = {"images": inputs.image_source, "captions": caption_source}
     if auto is not None and quantization is not None:
         manifest |= _precision_choice(timings, quantization, parity["int8"]["towers"], min_agreement, auto[0])
     manifest = seal_manifest(manifest)

@@ -62,23 +62,35 @@ TIE_TOLERANCE = 1e-5
 BATCH = 32
 DEFAULT_IMAGES = 32
 DEFAULT_EVAL_IMAGES = 128  # 128 images x every language: one changed image moves agreement by under 1%
-# Scenes captioned in every toy-world language for parity and the caption-argmax agreement when no eval set is given.
-PROBE_SCENES = (
-    (("red", "circle", None, None),),
-    (("blue", "square", None, None), ("yellow", "star", None, None)),
-    (("green", "triangle", "small", None),),
-    (("purple", "heart", "large", "left"),),
-)
+EVAL_SET_CAPTIONS = 8  # per language: the first class names in the first template, when captions come from eval sets
+# The last resort when neither shards nor an eval set are given (the manifest then says "built-in"), and the trace and
+# timing texts: everyday captions in ten languages and their scripts, independent of any demo data.
+BUILT_IN_CAPTIONS = {
+    "en": ["a photo of a dog running on the grass", "a red car parked in front of a house",
+           "two people walking on a beach at sunset", "a bowl of fruit on a wooden table"],
+    "zh": ["一只狗在草地上奔跑的照片", "一辆红色汽车停在房子前面", "日落时两个人在海滩上散步", "木桌上的一碗水果"],
+    "ja": ["芝生の上を走る犬の写真", "家の前に停まっている赤い車", "夕暮れの浜辺を歩く二人",
+           "木のテーブルの上の果物の入ったボウル"],
+    "ko": ["잔디 위를 달리는 개의 사진", "집 앞에 주차된 빨간 자동차", "해질녘 해변을 걷는 두 사람",
+           "나무 탁자 위의 과일 한 그릇"],
+    "fr": ["une photo d'un chien qui court sur l'herbe", "une voiture rouge garée devant une maison",
+           "deux personnes qui marchent sur une plage au coucher du soleil", "un bol de fruits sur une table en bois"],
+    "de": ["ein Foto eines Hundes, der über das Gras rennt", "ein rotes Auto, das vor einem Haus parkt",
+           "zwei Menschen, die bei Sonnenuntergang am Strand spazieren", "eine Schüssel Obst auf einem Holztisch"],
+    "es": ["una foto de un perro corriendo por el césped", "un coche rojo aparcado delante de una casa",
+           "dos personas caminando por la playa al atardecer", "un cuenco de fruta sobre una mesa de madera"],
+    "ru": ["фотография собаки, бегущей по траве", "красная машина, припаркованная перед домом",
+           "два человека гуляют по пляжу на закате", "миска с фруктами на деревянном столе"],
+    "ar": ["صورة كلب يركض على العشب", "سيارة حمراء متوقفة أمام منزل", "شخصان يمشيان على الشاطئ عند الغروب",
+           "وعاء من الفاكهة على طاولة خشبية"],
+    "hi": ["घास पर दौड़ते कुत्ते की तस्वीर", "एक घर के सामने खड़ी लाल कार", "सूर्यास्त के समय समुद्र तट पर टहलते दो लोग",
+           "लकड़ी की मेज़ पर फलों का एक कटोरा"],
+}  # fmt: skip
 
 
 def probe_captions() -> dict[str, list[str]]:
-    """Four captions per toy-world language (every script the world speaks), from the world's own grammar."""
-    from dcclip.data.world import Thing, describe_shapes, language_codes
-
-    return {
-        lang: [describe_shapes(lang, [Thing(*obj) for obj in scene], k + 1) for k, scene in enumerate(PROBE_SCENES)]
-        for lang in language_codes()
-    }
+    """The built-in captions per language (a copy): trace and timing texts, and parity's last resort."""
+    return {lang: list(texts) for lang, texts in BUILT_IN_CAPTIONS.items()}
 
 
 class Encoder(Protocol):
@@ -171,6 +183,7 @@ class ValidationInputs:
     caption_langs: list[str]
     image_source: str
     zero_shot_sets: list[ZeroShotSet] = field(default_factory=list)
+    caption_source: str = "given"  # "given" (shards), "eval_set" or "built-in"
 
     @property
     def zero_shot(self) -> ZeroShotSet | None:
@@ -245,6 +258,28 @@ def shard_captions(source: str | Path, limit: int = 64) -> list[tuple[str, str]]
     return found[:limit]
 
 
+def eval_set_captions(sets: Sequence[ZeroShotSet], per_lang: int = EVAL_SET_CAPTIONS) -> list[tuple[str, str]]:
+    """(lang, caption) pairs from zero-shot sets: per language, the first class names in the first template."""
+    pairs: list[tuple[str, str]] = []
+    for zs in sets:
+        for lang, names in zs.classnames.items():
+            templates = zs.templates.get(lang) or ["{c}"]
+            pairs.extend((lang, text) for text in fill_templates(names[:per_lang], templates[:1]))
+    return pairs
+
+
+def _parity_captions(
+    captions: Sequence[tuple[str, str]] | None, sets: Sequence[ZeroShotSet]
+) -> tuple[list[tuple[str, str]], str]:
+    """The captions parity is measured on and where they came from: given (shards), else eval sets, else built-in."""
+    if captions:
+        return list(captions), "given"
+    from_sets = eval_set_captions(sets)
+    if from_sets:
+        return from_sets, "eval_set"
+    return [(lang, text) for lang, texts in BUILT_IN_CAPTIONS.items() for text in texts], "built-in"
+
+
 def eval_set_paths(eval_set: str | Path | Sequence[str | Path] | None) -> list[Path]:
     """One eval set, several, or none, as a list of paths."""
     if eval_set is None:
@@ -263,17 +298,18 @@ def prepare_inputs(
     n_images: int = DEFAULT_IMAGES,
     image_source: str = "given",
 ) -> ValidationInputs:
-    """Images (given, else drawn), captions (given, else the built-in ten languages) and the optional eval set(s)."""
+    """Images (given, else drawn), captions (given, else from the eval sets, else built-in) and the eval set(s)."""
     source = image_source if images else "synthetic"
     chosen = list(images)[:n_images] if images else synthetic_images(n_images)
-    pairs = list(captions) if captions else [(lang, text) for lang, texts in probe_captions().items() for text in texts]
     sets = [load_zero_shot_set(path, preprocess, langs=langs) for path in eval_set_paths(eval_set)]
+    pairs, caption_source = _parity_captions(captions, sets)
     return ValidationInputs(
         pixels=preprocess.batch(chosen).astype(np.float32),
         captions=[text for _, text in pairs],
         caption_langs=sorted({lang for lang, _ in pairs}),
         image_source=source,
         zero_shot_sets=sets,
+        caption_source=caption_source,
     )
 
 
