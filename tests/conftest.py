@@ -1,72 +1,21 @@
-"""Shared fixtures: offline environment, small generated shard sets and tokenizers."""
+"""Shared fixtures: offline environment, small generated shard sets and tokenizers (helpers live in helpers/)."""
 
 from __future__ import annotations
 
-import io
 import os
-from contextlib import contextmanager
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+from helpers.data import CAPTIONS, write_shard_set
+from helpers.images import jpeg_bytes
+from helpers.threads import one_torch_thread, torch_threads
 
-CAPTIONS = {
-    "en": "a red circle",
-    "zh": "一个红色的圆形",
-    "fr": "un cercle rouge",
-    "ar": "دائرة حمراء",
-    "hi": "एक लाल वृत्त",
-}
-
-
-def jpeg_bytes(seed: int, size: int = 48) -> bytes:
-    """A small random JPEG, different for every seed."""
-    rng = np.random.default_rng(seed)
-    array = rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def write_shard_set(out: Path, n: int, per_shard: int, langs_of=None, extra_fields=None) -> Path:
-    """Write ``n`` samples into shards of ``per_shard`` with captions in a few languages."""
-    from dcclip.data.shards import ShardSetWriter
-
-    with ShardSetWriter(out, max_count=per_shard) as writer:
-        for i in range(n):
-            langs = langs_of(i) if langs_of else list(CAPTIONS)
-            captions = {lang: f"{CAPTIONS[lang]} {i}" for lang in langs}
-            fields = {"jpg": jpeg_bytes(i)}
-            if extra_fields:
-                fields.update(extra_fields(i))
-            writer.add(f"s{i:05d}", fields, {"captions": captions, "source_lang": "en"})
-    return out
-
-
-@contextmanager
-def torch_threads(n: int):
-    """Run a block with ``n`` torch threads, restoring the previous count after."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    """Tiny models on a shared CPU run fastest on one torch thread (no OpenMP spin-waiting, no fight for cores).
-    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
-    with torch_threads(1):
-        yield
+# Fixtures are found by name here; the helpers stay importable from conftest for test files not yet moved to helpers.
+__all__ = ["CAPTIONS", "jpeg_bytes", "one_torch_thread", "torch_threads", "write_shard_set"]
 
 
 @pytest.fixture(scope="module")

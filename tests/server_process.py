@@ -1,56 +1,6 @@
-"""A server subprocess on a free loopback port, shared by the HTTP tests and the browser tests."""
+"""Moved to helpers/server_process.py; this name stays only for test files whose owners have not switched yet
+(test_hardening_serve): import ``helpers.server_process``."""
 
-from __future__ import annotations
+from helpers.server_process import STARTUP_SECONDS, ServerProcess, free_port
 
-import socket
-import subprocess
-import time
-from collections.abc import Callable
-from pathlib import Path
-
-import httpx
-
-STARTUP_SECONDS = 60
-
-
-def free_port() -> int:
-    """A port that was free on the loopback interface a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class ServerProcess:
-    """``command_for(port)`` run as a subprocess with its output in ``log``; ``wait_ready`` polls /healthz."""
-
-    def __init__(self, command_for: Callable[[int], list[str]], log: Path, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self._log_file = open(log, "wb")  # noqa: SIM115 - closed in close()
-        self.process = subprocess.Popen(
-            command_for(self.port), env=env, stdout=self._log_file, stderr=subprocess.STDOUT
-        )
-
-    def wait_ready(self) -> None:
-        """Poll /healthz (bounded in time) until the server answers."""
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError(f"server not ready after {STARTUP_SECONDS} s:\n{self.log.read_text()}")
-
-    def close(self) -> None:
-        """Stop the server (terminate, then kill if it lingers)."""
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self._log_file.close()
+__all__ = ["STARTUP_SECONDS", "ServerProcess", "free_port"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from server_process import free_port
+from helpers.server_process import free_port
 
 from dcclip import checkpoint as ckpt
 from dcclip.engine.distributed import gather_embeddings

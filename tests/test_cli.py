@@ -143,8 +143,12 @@ def test_models_list(capsys):
 
 
 def test_missing_input_is_a_clean_error(tmp_path, capsys):
-    assert main(["shards", "validate", str(tmp_path / "missing")]) == 1
-    assert "error" in capsys.readouterr().err
+    missing = tmp_path / "missing"
+    assert main(["shards", "validate", str(missing)]) == 1
+    captured = capsys.readouterr()
+    # one line on stderr naming the command and the path, no traceback, nothing on stdout
+    assert captured.err == f"dcclip shards: error: {missing}: no such shard file or directory\n"
+    assert captured.out == ""
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 

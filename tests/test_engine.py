@@ -65,7 +65,7 @@ def test_stage1_loss_falls_and_writes_a_complete_run(toy_world, world_tokenizer_
 
 @pytest.mark.slow
 def test_cached_and_online_give_the_same_first_loss(toy_world, world_tokenizer_path, saved_teacher_spec, tmp_path):
-    from stages_helpers import cache
+    from helpers.stages import cache
 
     features = cache(toy_world, saved_teacher_spec, tmp_path / "features")
     online = distill_config(toy_world, world_tokenizer_path, saved_teacher_spec, tmp_path / "online", "train.steps=1")

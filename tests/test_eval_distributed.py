@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CAPTIONS, jpeg_bytes, torch_threads
+from helpers.data import CAPTIONS
+from helpers.images import jpeg_bytes
+from helpers.threads import torch_threads
 from test_eval import write_json, write_wds
 
 from dcclip.eval import distributed
@@ -59,7 +61,7 @@ def write_sets(root: Path) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def eval_inputs(tmp_path_factory, saved_teacher_spec) -> tuple[dict[str, Path], list[str]]:
     """The eval sets per task, and a tiny student checkpoint plus a saved open_clip teacher to score."""
-    from test_export_helpers import make_checkpoint
+    from helpers.export import make_checkpoint
 
     root = tmp_path_factory.mktemp("eval_dist")
     return write_sets(root), [str(make_checkpoint(root / "student")), saved_teacher_spec]

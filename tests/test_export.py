@@ -19,9 +19,10 @@ from helpers.images import scene
 from dcclip.export import onnx as onnx_export
 from dcclip.export.bundle import export_bundle
 from dcclip.export.errors import ExportError
-from dcclip.export.quantize import ImageCalibrationReader, choose_method, count_ops, output_tail
+from dcclip.export.quantize import PLANS, ImageCalibrationReader, choose_method, count_ops, output_tail
 from dcclip.export.validate import (
     FP32_MIN_COSINE,
+    INT8_MIN_AGREEMENT,
     OnnxEncoder,
     TorchEncoder,
     prepare_inputs,
@@ -30,14 +31,7 @@ from dcclip.export.validate import (
 from dcclip.models.students import load_student_checkpoint
 from dcclip.runtime.bundle import sha256_file
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared CPU: one torch thread avoids OpenMP spin-waiting (100x slower under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +167,21 @@ def test_zero_shot_agreement_on_an_eval_set(tiny, tmp_path):
     assert zero_shot["source"] == "eval_set" and zero_shot["images"] == 12 and zero_shot["classes"] == 3
     assert set(zero_shot["per_language"]) == {"en", "fr", "zh"} and zero_shot["top1_agreement"] == 1.0
     assert zero_shot["top1_accuracy_torch"] == zero_shot["top1_accuracy_onnx"]
-    assert len(report["text"]["languages"]) == 10, "built-in captions in ten languages"
+    assert inputs.caption_source == "eval_set", "without shards, parity captions come from the eval set"
+    assert report["text"]["languages"] == ["en", "fr", "zh"]
+    assert inputs.captions[:3] == ["a red image", "a green image", "a blue image"]
+
+
+def test_parity_captions_come_from_shards_else_eval_sets_else_built_in(tiny, tmp_path):
+    _, loaded, _, shards = tiny
+    from dcclip.export.validate import BUILT_IN_CAPTIONS, shard_captions
+
+    given = shard_captions(shards, limit=10)
+    inputs = prepare_inputs(loaded.preprocess, [scene(0)], given, write_eval_set(tmp_path / "eval"), loaded.langs)
+    assert inputs.caption_source == "given" and inputs.captions == [text for _, text in given]
+    built_in = prepare_inputs(loaded.preprocess, [scene(0)])
+    assert built_in.caption_source == "built-in" and len(built_in.caption_langs) == 10
+    assert built_in.captions == [text for texts in BUILT_IN_CAPTIONS.values() for text in texts]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -359,24 +367,40 @@ def test_demo_student_fp32_and_int8_static_qdq(tmp_path, monkeypatch):
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     monkeypatch.chdir(workdir)
-    manifest = export_bundle(checkpoint, tmp_path / "bundle", "both", None, None)
+    bundle = tmp_path / "bundle"
+    manifest = export_bundle(checkpoint, bundle, "both", None, None)
     assert list(workdir.iterdir()) == [], "export leaves nothing in the working directory"
     assert manifest["parity"]["fp32"]["min_cosine"] >= FP32_MIN_COSINE
     quant = manifest["quantization"]
     image = quant["image"]
     assert image["method"] == "static_qdq" and image["per_channel"] is True and image["conv_nodes"] >= 4
-    if image["plan"] == "weights_int8":  # random weights: the static plans may miss the bar; weights alone need no data
-        assert image["calibration"] is None and image["activations"] == "float"
-    else:
-        assert image["calibration"]["source"] == "synthetic"
     assert quant["text"]["method"] == "dynamic"
+    bar = INT8_MIN_AGREEMENT
+    for role in ("image", "text"):  # plans are tried in order until one clears the bar, and that one is kept
+        tried = quant[role]["plans_tried"]
+        assert [t["plan"] for t in tried] == list(PLANS[quant[role]["method"]][: len(tried)])
+        assert all(t["top1_agreement"] < bar for t in tried[:-1]) and quant[role]["plan"] == tried[-1]["plan"]
+    assert (image["calibration"] is None) == (image["plan"] == "weights_int8")  # weights alone need no data
+    if image["calibration"] is not None:
+        assert image["calibration"]["source"] == "synthetic"
     int8 = manifest["parity"]["int8"]
     assert int8["min_cosine"] > 0.9 and isinstance(int8["flagged"], bool)
-    for role in ("image", "text"):  # random weights: whatever ships, the manifest says what and why
+    pair_agrees = int8["towers"]["combined_int8"]["top1_agreement"] >= bar
+    for role in ("image", "text"):  # a tower ships int8 exactly when it and the pair clear the bar; fp32 says why
         shipped, reason = quant[role]["shipped"], quant[role]["reason"]
-        assert (shipped, reason is None) in {("int8", True), ("fp32", False)}
+        agrees = quant[role]["top1_agreement"] >= bar
+        if not agrees:
+            assert shipped == "fp32" and f"int8 {role} tower agreed" in reason
+        if agrees and pair_agrees:
+            assert shipped == "int8" and reason is None
+        assert (shipped == "fp32") == (reason is not None)
         assert manifest["files"][f"{role}.int8.onnx"]["shipped_precision"] == shipped
-    assert manifest["validation_inputs"]["images"] == "synthetic"
+        same_bytes = sha256_file(bundle / f"{role}.int8.onnx") == sha256_file(bundle / f"{role}.onnx")
+        assert same_bytes == (shipped == "fp32"), "an fp32 fallback is a copy of the fp32 tower, int8 is not"
+    assert any(quant[role]["shipped"] == "int8" for role in ("image", "text")), (
+        "this checkpoint's text tower clears the bar (dynamic int8 keeps its decisions): not every tower ships fp32"
+    )
+    assert manifest["validation_inputs"] == {"images": "synthetic", "captions": "built-in"}
     print("demo-student parity:", json.dumps({k: v["min_cosine"] for k, v in manifest["parity"].items()}))
 
 

@@ -7,7 +7,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import jpeg_bytes
+from helpers.images import jpeg_bytes
 
 from dcclip.cli import main
 from dcclip.config import DataConfig

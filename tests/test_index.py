@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.export import shared_bundle
+from helpers.images import scene
 from PIL import Image
-from test_export_helpers import scene, shared_bundle
 
 from dcclip.cli import main
 from dcclip.runtime import BundleModel, ImageIndex, SearchIndexError, search_text

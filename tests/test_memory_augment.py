@@ -87,7 +87,7 @@ def test_student_and_teacher_views_get_the_same_warp():
 
 
 def test_undecodable_samples_are_skipped_and_named(tmp_path, tokenizer):
-    from conftest import write_shard_set
+    from helpers.data import write_shard_set
 
     train = write_shard_set(tmp_path / "s", n=6, per_shard=6, extra_fields=lambda i: {"jpg": b"no"} if i == 2 else {})
     decoded = decode_shard_set(str(train), [STUDENT])

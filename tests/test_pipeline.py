@@ -7,7 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from conftest import CAPTIONS, write_shard_set
+from helpers.data import CAPTIONS, write_shard_set
 
 from dcclip.config import DataConfig
 from dcclip.data.pipeline import ShardLoader, choose_captions, language_weights

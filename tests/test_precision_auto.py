@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_export_helpers import make_checkpoint
+from helpers.export import make_checkpoint
 
 from dcclip.export.bundle import export_bundle
 from dcclip.export.precision import (
@@ -162,5 +162,32 @@ def test_onnx_timer_times_a_real_tower(auto_bundle):
     tokenizer = TextTokenizer.from_path(auto_bundle / "tokenizer.json")
     size = manifest["image_preprocess"]["image_size"]
     feeds = {2: timing_feeds(size, lambda texts: tokenizer.encode(texts, 16), ["a red circle", "un carré"], 2)}
-    timings = time_towers(files, feeds, onnx_timer(plan))
-    assert all(ms > 0 for tower in timings.values() for ms in tower["fp32_ms"].values())
+    timer, calls = onnx_timer(plan), []
+
+    def recording(path: Path, feed: dict) -> float:
+        calls.append((path, ms := timer(path, feed)))
+        return ms
+
+    timings = time_towers(files, feeds, recording)
+    # every tower file, fp32 and int8, was run once per batch, and each figure is the one measured on its own file
+    assert sorted(str(path) for path, _ in calls) == sorted(str(f) for tower in files.values() for f in tower.values())
+    measured = {path: ms for path, ms in calls}
+    for role, tower in timings.items():
+        for precision in ("fp32", "int8"):
+            assert tower[f"{precision}_ms"] == {"2": round(measured[files[role][precision]], 4)}
+            assert tower[f"{precision}_ms"]["2"] > 0
+        assert tower["speedup"]["2"] == round(tower["fp32_ms"]["2"] / tower["int8_ms"]["2"], 3)
+
+
+def test_onnx_timer_reports_the_median_run_in_milliseconds(auto_bundle, monkeypatch):
+    """A clock that advances 2.5 ms per reading: each timed run lasts 2.5 ms, so the timer must say 2.5 (ms)."""
+    from types import SimpleNamespace
+
+    from dcclip.export import precision
+
+    ticks = iter(range(10_000))
+    monkeypatch.setattr(precision, "time", SimpleNamespace(perf_counter=lambda: 0.0025 * next(ticks)))
+    tokenizer = TextTokenizer.from_path(auto_bundle / "tokenizer.json")
+    feed = timing_feeds(16, lambda texts: tokenizer.encode(texts, 16), ["a red circle"], 1)["text"]
+    plan = TimingPlan(batches=(1,), warmup=1, repeats=3, threads=1)
+    assert onnx_timer(plan)(auto_bundle / "text.onnx", feed) == pytest.approx(2.5)

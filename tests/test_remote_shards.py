@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_shard_set
+from helpers.data import write_shard_set
 
 from dcclip.cli import main
 from dcclip.config import DataConfig
@@ -199,7 +199,7 @@ def test_cache_teacher_reads_http_writes_fsspec_and_stage1_trains_from_both(
     toy_world, world_tokenizer_path, saved_teacher_spec, tmp_path, quick_retries
 ):
     import fsspec
-    from stages_helpers import cache
+    from helpers.stages import cache
 
     from dcclip.config import load_config
     from dcclip.stages.build import run_stage

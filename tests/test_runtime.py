@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.export import shared_bundle
+from helpers.images import encode, scene
 from PIL import Image
-from test_export_helpers import image_bytes, scene, shared_bundle
 
 from dcclip.runtime import (
     BundleError,
@@ -155,8 +156,8 @@ def test_missing_precision_is_refused(bundle_copy):
 def test_embeddings_match_torch_for_every_image_kind(bundle, loaded, tmp_path):
     model = load_bundle_model(bundle, intra_op_num_threads=1, max_batch_size=2)
     images = [scene(i) for i in range(5)]
-    (tmp_path / "a.png").write_bytes(image_bytes(images[2]))
-    inputs = [images[0], image_bytes(images[1]), tmp_path / "a.png", str(tmp_path / "a.png"), images[4]]
+    (tmp_path / "a.png").write_bytes(encode(images[2]))
+    inputs = [images[0], encode(images[1]), tmp_path / "a.png", str(tmp_path / "a.png"), images[4]]
     out = model.embed_images(inputs)
     expected = _torch_images(loaded, [images[0], images[1], images[2], images[2], images[4]])
     assert out.dtype == np.float32 and out.shape == (5, 32)
@@ -342,7 +343,7 @@ def test_concurrent_classify_matches_sequential(bundle):
 
 
 def test_runtime_runs_without_torch_or_transformers(bundle, tmp_path):
-    (tmp_path / "cat.png").write_bytes(image_bytes(scene(7)))
+    (tmp_path / "cat.png").write_bytes(encode(scene(7)))
     script = textwrap.dedent(
         f"""
         import sys
@@ -372,7 +373,7 @@ def _exif_rotated_jpeg() -> bytes:
     """A landscape JPEG whose EXIF says 'rotate 90° clockwise to display' (orientation 6)."""
     exif = Image.Exif()
     exif[0x0112] = 6
-    return image_bytes(scene(11, (90, 40)), "JPEG", quality=95, exif=exif)
+    return encode(scene(11, (90, 40)), "JPEG", quality=95, exif=exif)
 
 
 def _golden_images() -> dict[str, bytes]:
@@ -381,12 +382,12 @@ def _golden_images() -> dict[str, bytes]:
     rgba = scene(2, (64, 97)).convert("RGBA")
     rgba.putalpha(Image.linear_gradient("L").resize((64, 97)))
     return {
-        "rgb": image_bytes(rgb),
-        "rgb-small": image_bytes(scene(3, (17, 29))),
-        "rgba": image_bytes(rgba),
-        "l": image_bytes(scene(4, (50, 81)).convert("L")),
-        "p": image_bytes(scene(5, (120, 64)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)),
-        "cmyk": image_bytes(scene(6, (77, 77)).convert("CMYK"), "JPEG", quality=95),
+        "rgb": encode(rgb),
+        "rgb-small": encode(scene(3, (17, 29))),
+        "rgba": encode(rgba),
+        "l": encode(scene(4, (50, 81)).convert("L")),
+        "p": encode(scene(5, (120, 64)).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)),
+        "cmyk": encode(scene(6, (77, 77)).convert("CMYK"), "JPEG", quality=95),
         "jpeg-exif": _exif_rotated_jpeg(),
     }
 

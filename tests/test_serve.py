@@ -25,9 +25,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import torch_threads
+from helpers.images import encode, scene
+from helpers.server_process import STARTUP_SECONDS, ServerProcess, free_port
+from helpers.threads import torch_threads
 from PIL import Image
-from server_process import STARTUP_SECONDS, ServerProcess, free_port
 
 from dcclip.runtime.classifier import ZeroShotClassifier
 from dcclip.runtime.errors import BundleError
@@ -110,22 +111,10 @@ def client(server) -> Iterator[httpx.Client]:
         yield http
 
 
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def scene(seed: int, size: tuple[int, int] = (57, 43)) -> Image.Image:
-    """A random image made of colour blocks, different per seed."""
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, size=(6, 5, 3), dtype=np.uint8)).resize(size, Image.Resampling.NEAREST)
-
-
 def noise_png(seed: int, side: int = 64) -> bytes:
     """A PNG of random pixels (barely compressible, so truncating it cuts image data)."""
     rng = np.random.default_rng(seed)
-    return png(Image.fromarray(rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8)))
+    return encode(Image.fromarray(rng.integers(0, 256, size=(side, side, 3), dtype=np.uint8)))
 
 
 def png_bomb(side: int = 20_000) -> bytes:
@@ -142,7 +131,7 @@ def png_bomb(side: int = 20_000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
-GOOD_PNG = png(scene(0))
+GOOD_PNG = encode(scene(0))
 
 
 def strip_png(width: int = 2_000_000) -> bytes:
@@ -198,7 +187,7 @@ def test_healthz_info_and_docs(client, bundle):
 
 def test_classify_matches_the_runtime(client, classifier):
     images = [scene(1), scene(2, (80, 30))]
-    response = client.post("/v1/classify", files=image_files(*map(png, images)), data={"labels": LABELS})
+    response = client.post("/v1/classify", files=image_files(*map(encode, images)), data={"labels": LABELS})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["lang"] == "en" and body["top_k"] == 5 and len(body["results"]) == 2
@@ -228,7 +217,7 @@ def test_classify_label_forms_languages_and_templates(client, classifier):
 
 
 def test_embedding_endpoints(client, classifier):
-    images = client.post("/v1/embeddings/image", files=image_files(GOOD_PNG, png(scene(3))))
+    images = client.post("/v1/embeddings/image", files=image_files(GOOD_PNG, encode(scene(3))))
     assert images.status_code == 200, images.text
     body = images.json()
     assert body["count"] == 2 and body["dim"] == 32 and np.asarray(body["embeddings"]).shape == (2, 32)
@@ -247,7 +236,7 @@ def test_eight_parallel_classify_requests(server, classifier):
     with httpx.Client(base_url=server.url, timeout=TIMEOUT) as http:
 
         def one(image: Image.Image) -> httpx.Response:
-            return http.post("/v1/classify", files=image_files(png(image)), data={"labels": LABELS, "top_k": "1"})
+            return http.post("/v1/classify", files=image_files(encode(image)), data={"labels": LABELS, "top_k": "1"})
 
         with ThreadPoolExecutor(8) as pool:
             responses = list(pool.map(one, images))

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from helpers.serve_bundles import onnx_bundle
 from PIL import Image
-from serve_bundles import onnx_bundle
 
 from dcclip.runtime import index as index_module
 from dcclip.search import build

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from serve_bundles import onnx_bundle
+from helpers.serve_bundles import onnx_bundle
 
 from dcclip.serve.app import create_app
 from dcclip.serve.limits import ServeLimits, ServeSettings

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.images import random_image_bytes
 from PIL import Image
 
 from dcclip.data.shard_build import build_shards
@@ -38,25 +39,10 @@ CAPTIONS = {
 }
 
 
-def image_bytes(seed: int, size: tuple[int, int] = (32, 24), fmt: str = "JPEG", exif_orientation: int = 0) -> bytes:
-    """A small random image, different for every seed, optionally with an EXIF orientation tag."""
-    rng = np.random.default_rng(seed)
-    array = rng.integers(0, 255, size=(size[1], size[0], 3), dtype=np.uint8)
-    img = Image.fromarray(array)
-    buf = io.BytesIO()
-    kwargs = {}
-    if exif_orientation:
-        exif = Image.Exif()
-        exif[0x0112] = exif_orientation
-        kwargs["exif"] = exif.tobytes()
-    img.save(buf, format=fmt, **kwargs)
-    return buf.getvalue()
-
-
 def write_image(path: Path, seed: int, **kwargs) -> bytes:
     """Write an image file (format from the suffix) and return its bytes."""
     fmt = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}[path.suffix.lstrip(".").lower()]
-    data = image_bytes(seed, fmt=fmt, **kwargs)
+    data = random_image_bytes(seed, fmt=fmt, **kwargs)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return data
@@ -84,7 +70,7 @@ def test_writer_round_trips_every_field(tmp_path):
     emb = np.arange(8, dtype=np.float16)
     npy = io.BytesIO()
     np.save(npy, emb)
-    jpg, png = image_bytes(1), image_bytes(2, fmt="PNG")
+    jpg, png = random_image_bytes(1), random_image_bytes(2, fmt="PNG")
     with ShardSetWriter(tmp_path) as writer:
         writer.add(
             "a", {"jpg": jpg, "img_emb.npy": npy.getvalue(), "cls": b"3"}, {"captions": CAPTIONS, "source_lang": "en"}
@@ -110,7 +96,7 @@ def test_writer_rolls_shards_by_count_and_counts_languages(tmp_path):
     with ShardSetWriter(tmp_path, max_count=3) as writer:
         for i in range(7):
             captions = {"en": f"x {i}", **({"zh": f"图 {i}"} if i % 2 == 0 else {})}
-            writer.add(f"k{i}", {"jpg": image_bytes(i)}, {"captions": captions, "source_lang": "en"})
+            writer.add(f"k{i}", {"jpg": random_image_bytes(i)}, {"captions": captions, "source_lang": "en"})
 
     manifest = read_manifest(tmp_path)
     assert [s["name"] for s in manifest["shards"]] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
@@ -148,7 +134,7 @@ def test_writer_gives_an_oversized_sample_its_own_shard(tmp_path):
 def test_exception_inside_writer_leaves_no_partial_shard(tmp_path):
     with pytest.raises(RuntimeError, match="boom"), ShardSetWriter(tmp_path, max_count=2) as writer:
         for i in range(3):
-            writer.add(f"k{i}", {"jpg": image_bytes(i)}, {"captions": {"en": "x"}})
+            writer.add(f"k{i}", {"jpg": random_image_bytes(i)}, {"captions": {"en": "x"}})
         raise RuntimeError("boom")
 
     # the finished shard only, no manifest, and the marker that tells readers the set is unfinished
@@ -158,18 +144,18 @@ def test_exception_inside_writer_leaves_no_partial_shard(tmp_path):
 
 def test_writer_rejects_bad_samples_before_writing_and_closes_once(tmp_path):
     with ShardSetWriter(tmp_path) as writer:
-        writer.add("a", {"jpg": image_bytes(0)}, {"captions": {"en": "x"}})
+        writer.add("a", {"jpg": random_image_bytes(0)}, {"captions": {"en": "x"}})
         with pytest.raises(ShardError, match="duplicate"):
-            writer.add("a", {"jpg": image_bytes(1)})
+            writer.add("a", {"jpg": random_image_bytes(1)})
         with pytest.raises(ShardError, match="must be non-empty"):
-            writer.add("a.b", {"jpg": image_bytes(1)})
+            writer.add("a.b", {"jpg": random_image_bytes(1)})
         with pytest.raises(ShardError, match="must be bytes"):
-            writer.add("b", {"jpg": image_bytes(1), "txt": "not bytes"})  # type: ignore[dict-item]
+            writer.add("b", {"jpg": random_image_bytes(1), "txt": "not bytes"})  # type: ignore[dict-item]
         first = writer.close(extra={"source": "here"})
     assert read_manifest(tmp_path) == first and first["source"] == "here"  # __exit__ did not overwrite the extra
     assert [s["__key__"] for s in iter_samples(tmp_path)] == ["a"]  # nothing of "b" reached the tar
     with pytest.raises(ShardError, match="closed"):
-        writer.add("c", {"jpg": image_bytes(2)})
+        writer.add("c", {"jpg": random_image_bytes(2)})
     assert no_partials(tmp_path)
 
 
@@ -398,7 +384,9 @@ def built_set(tmp_path: Path, n: int = 6, per_shard: int = 3) -> Path:
     with ShardSetWriter(out, max_count=per_shard) as writer:
         for i in range(n):
             captions = {"en": f"sample number {i}", "zh": "样本" * (i + 1)}
-            writer.add(f"s{i}", {"jpg": image_bytes(i, size=(40 + i, 30))}, {"captions": captions, "source_lang": "en"})
+            writer.add(
+                f"s{i}", {"jpg": random_image_bytes(i, size=(40 + i, 30))}, {"captions": captions, "source_lang": "en"}
+            )
     return out
 
 
@@ -430,8 +418,8 @@ def test_validate_reports_a_corrupt_image_inside_a_tar(tmp_path):
 def test_validate_reports_bad_captions(tmp_path):
     out = tmp_path / "set"
     with ShardSetWriter(out) as writer:
-        writer.add("good", {"jpg": image_bytes(0)}, {"captions": {"en": "x"}, "source_lang": "en"})
-        writer.add("nosrc", {"jpg": image_bytes(1)}, {"captions": {"en": "x"}, "source_lang": "de"})
+        writer.add("good", {"jpg": random_image_bytes(0)}, {"captions": {"en": "x"}, "source_lang": "en"})
+        writer.add("nosrc", {"jpg": random_image_bytes(1)}, {"captions": {"en": "x"}, "source_lang": "de"})
         writer.add("noimg", {"json": b"not json"})
     report = validate_shards(out, progress=False)
     reasons = {p.key: p.reason for p in report.problems}
@@ -490,7 +478,7 @@ def test_inspect_survives_broken_samples(tmp_path):
     out = tmp_path / "set"
     long_caption = "word " * 200
     with ShardSetWriter(out) as writer:
-        writer.add("ok", {"jpg": image_bytes(0)}, {"captions": {"en": long_caption, "ja": "長い" * 100}})
+        writer.add("ok", {"jpg": random_image_bytes(0)}, {"captions": {"en": long_caption, "ja": "長い" * 100}})
         writer.add("broken", {"jpg": b"garbage"}, {"captions": {"en": "x"}})
     stats = inspect_shards(out, contact_sheet=tmp_path / "sheet.png", n=16)
     assert stats["samples"] == 2 and stats["unreadable"] == 1

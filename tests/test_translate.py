@@ -12,8 +12,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import jpeg_bytes
+from helpers.images import jpeg_bytes
 
+from dcclip.data import translate as tr
 from dcclip.data.shard_validate import validate_shards
 from dcclip.data.shards import (
     BUILDING_MARKER,
@@ -22,8 +23,8 @@ from dcclip.data.shards import (
     read_manifest,
     without_machine_captions,
 )
+from dcclip.engine import distributed
 from dcclip.engine.distributed import DistEnv
-from dcclip.stages import translate as tr
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -99,7 +100,9 @@ def nllb_dir(tmp_path_factory) -> Path:
 
 def translate(source: Path, out: Path, model: Path, langs: str = "zh,ja", **kwargs) -> dict:
     kwargs.setdefault("max_new_tokens", 6)
-    return tr.run(str(source), out, str(model), langs.split(","), device="cpu", show_progress=False, **kwargs)
+    return tr.run(
+        str(source), out, str(model), langs.split(","), device="cpu", show_progress=False, group=distributed, **kwargs
+    )
 
 
 @pytest.fixture(scope="module")
@@ -201,10 +204,10 @@ def test_a_killed_run_resumes_with_only_the_unfinished_shards(source, nllb_dir, 
 def test_ranks_take_every_world_size_th_shard_and_rank_0_writes_the_manifest(source, nllb_dir, translated, tmp_path):
     out = tmp_path / "out"
     options = tr.TranslateOptions(str(source), str(nllb_dir), ("zh", "ja"), max_new_tokens=6)
-    tr.translate_shard_set(options, out, DistEnv(rank=1, world_size=2), show_progress=False)
+    tr.translate_shard_set(options, out, DistEnv(rank=1, world_size=2), distributed, show_progress=False)
     assert sorted(p.name for p in out.glob("*.tar")) == ["shard-000001.tar", "shard-000003.tar"]
     assert not (out / "manifest.json").exists()
-    summary = tr.translate_shard_set(options, out, DistEnv(rank=0, world_size=2), show_progress=False)
+    summary = tr.translate_shard_set(options, out, DistEnv(rank=0, world_size=2), distributed, show_progress=False)
     assert summary["shards_done_now"] == 2
     assert {p.name: p.read_bytes() for p in out.glob("*.tar")} == {
         p.name: p.read_bytes() for p in translated[0].glob("*.tar")
@@ -256,6 +259,13 @@ def test_language_code_tables_and_marian_rules():
     assert tr.model_token("m2m100", tr.m2m100_code("zh")) == "__zh__"
     assert tr.marian_prefix("zh", [">>cmn_Hans<<", ">>jpn<<"]) == ">>cmn_Hans<<"
     assert tr.marian_prefix("ja", [">>cmn_Hans<<", ">>jpn<<"]) == ">>jpn<<"
+    # names come from dcclip.data.langcodes: any language it knows, the plainest name first, KEY=NAME overrides
+    assert tr.marian_prefix("zh", [">>cmn_Hant<<", ">>cmn_Hans<<", ">>zho<<"]) == ">>zho<<"
+    assert tr.marian_prefix("zh", [">>cmn_Hant<<", ">>cmn_Hans<<"]) == ">>cmn_Hans<<"
+    assert tr.marian_prefix("zh=cmn_Hant", [">>cmn_Hant<<", ">>cmn_Hans<<"]) == ">>cmn_Hant<<"
+    assert tr.marian_prefix("nl", [">>nld<<", ">>deu<<"]) == ">>nld<<"
+    assert tr.iso_of("zho_Hans") == "zh" and tr.iso_of("gem") == "gem" and tr.iso_of("mul") == "mul"
+    tr.check_marian_pair(("nl",), "en", ("gem", "nl"), "opus-mt-gem-nl")  # a group source takes any --source-lang
     with pytest.raises(tr.TranslateError, match="no target token for 'ko'"):
         tr.marian_prefix("ko", [">>jpn<<"])
     name_only = SimpleNamespace(source_lang=None, target_lang=None)
@@ -308,13 +318,15 @@ def _rank_worker(rank: int, port: int, source: str, out: str, model: str) -> Non
         RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
     torch.set_num_threads(1)
-    summary = tr.run(source, out, model, ["zh", "ja"], device="cpu", max_new_tokens=6, show_progress=False)
+    summary = tr.run(
+        source, out, model, ["zh", "ja"], device="cpu", max_new_tokens=6, show_progress=False, group=distributed
+    )
     Path(out, f"summary-{rank}.json").write_text(json.dumps(summary))
 
 
 def test_two_gloo_ranks_write_what_one_process_writes(source, nllb_dir, translated, tmp_path):
     import torch.multiprocessing as mp
-    from test_align import free_port
+    from helpers.server_process import free_port
 
     out = tmp_path / "out"
     args = (free_port(), str(source), str(out), str(nllb_dir))

@@ -444,7 +444,7 @@ def test_progress_bar(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 @pytest.fixture
 def italian():
     """The 11th language of tests/world_language_it.py, registered for one test."""
-    from world_language_it import LANGUAGE
+    from helpers.world_language_it import LANGUAGE
 
     world.register(LANGUAGE)
     yield LANGUAGE

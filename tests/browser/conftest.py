@@ -20,8 +20,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_bundles import student_bundle  # tests/ is on sys.path: pytest imported tests/conftest.py from there
-from server_process import ServerProcess
+from helpers.serve_bundles import student_bundle  # tests/ is on sys.path: pytest imported tests/conftest.py from there
+from helpers.server_process import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -126,7 +126,7 @@ def extract_eval_images(world: Path, out: Path, count: int) -> list[tuple[Path, 
 
 def both_precisions_bundle(root: Path) -> Path:
     """The random-weight test student exported with fp32 and int8 towers (~40 s)."""
-    from serve_bundles import student_bundle
+    from helpers.serve_bundles import student_bundle
 
     from dcclip.export.bundle import export_bundle
 

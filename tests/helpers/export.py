@@ -1,7 +1,7 @@
 """Shared builders for the export and runtime tests: a tiny real student checkpoint and its bundle, built once.
 
-Not a test module by content: pytest collects it (the name matches) and finds no tests. The bundle is cached under
-pytest's base temporary directory so that test_export.py and test_runtime.py share one export per session.
+The bundle is cached under pytest's base temporary directory so that test_export.py and test_runtime.py share one
+export per session.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-from conftest import CAPTIONS, write_shard_set
 from PIL import Image
+
+from helpers.data import CAPTIONS, write_shard_set
+from helpers.images import encode
 
 TEST_LANGS = list(CAPTIONS)
 
@@ -54,20 +56,6 @@ def shared_bundle(base: Path) -> tuple[Path, Path, Path]:
     return bundle, Path(checkpoint_file.read_text()), root / "shards"
 
 
-def image_bytes(image: Image.Image, fmt: str = "PNG", **options: object) -> bytes:
-    """Encode a PIL image."""
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
-def scene(seed: int, size: tuple[int, int] = (57, 43)) -> Image.Image:
-    """A random RGB image with some structure (blocks of colour), different per seed."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, size=(6, 5, 3), dtype=np.uint8)
-    return Image.fromarray(small).resize(size, Image.Resampling.NEAREST)
-
-
 def write_eval_set(root: Path, n: int = 12) -> Path:
     """A clip_benchmark-layout zero-shot set: classnames/templates JSON in three languages and one shard of jpg+cls."""
     names = {"en": ["red", "green", "blue"], "fr": ["rouge", "vert", "bleu"], "zh": ["红色", "绿色", "蓝色"]}
@@ -79,7 +67,7 @@ def write_eval_set(root: Path, n: int = 12) -> Path:
         for i in range(n):
             colour = np.zeros((40, 40, 3), np.uint8)
             colour[..., i % 3] = 200
-            for ext, data in (("cls", str(i % 3).encode()), ("jpg", image_bytes(Image.fromarray(colour), "JPEG"))):
+            for ext, data in (("cls", str(i % 3).encode()), ("jpg", encode(Image.fromarray(colour), "JPEG"))):
                 info = tarfile.TarInfo(f"{i:04d}.{ext}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
