@@ -2,8 +2,8 @@
 
     python benchmarks/arm64_parity.py [--bundle runs/demo/bundle] [--images DIR] [--max-images 10]
 
-Default bundle: the demo's (runs/demo/bundle) with the demo world's shapes eval set; without a demo, the test
-student (tests/serve_bundles.py's student_bundle, exported fp32 + int8) on a generated toy-world eval set, and the
+Default bundle: the demo's (runs/demo/bundle) with the demo world's shapes eval set; without a demo, the test student
+(tests/helpers/serve_bundles.py's student_bundle, exported fp32 + int8) on a generated toy-world eval set, and the
 result says so. Figures: max abs difference of image and text embeddings per precision, top-1 identical count and max
 abs probability difference per language, ``dcclip classify`` and index search on both, and each machine's int8 vs
 fp32 top-1 agreement. Nothing is timed: speed under emulation says nothing about a device. Needs root, mmdebstrap,
@@ -31,16 +31,15 @@ COLUMNS = ["check", "precision", "lang", "image_max_abs", "text_max_abs", "top1_
 
 def fixture_bundle(work: Path) -> Path:
     """The test student exported with fp32 and int8 towers (as tests/edge builds it)."""
-    import torch
-
     sys.path.insert(0, str(ROOT / "tests"))
-    from serve_bundles import student_bundle
+    from helpers.serve_bundles import student_bundle
+    from helpers.threads import torch_threads
 
     from dcclip.export.bundle import export_bundle
 
     student_bundle(work)
-    torch.set_num_threads(1)
-    export_bundle(work / "run", work / "bundle-both", precision="both")
+    with torch_threads(1):
+        export_bundle(work / "run", work / "bundle-both", precision="both")
     return work / "bundle-both"
 
 

@@ -75,20 +75,16 @@ def test_a_failed_or_killed_build_leaves_no_cache(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
-    """The test student exported with fp32 and int8 towers (serve_bundles.student_bundle's checkpoint)."""
-    import torch
+    """The test student exported with fp32 and int8 towers (helpers.serve_bundles.student_bundle's checkpoint)."""
     from helpers.serve_bundles import student_bundle
+    from helpers.threads import torch_threads
 
     from dcclip.export.bundle import export_bundle
 
     root = tmp_path_factory.mktemp("arm64_student")
     student_bundle(root)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         export_bundle(root / "run", root / "bundle-both", precision="both")  # a run directory: its latest step
-    finally:
-        torch.set_num_threads(threads)
     return root / "bundle-both"
 
 
