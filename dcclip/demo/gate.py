@@ -55,7 +55,7 @@ FAULTS: dict[str, str] = {
     "none": "the working recipe",
     "image_loss_off": "stage 1 without its image losses (loss.image_embed=0, loss.feature_map=0)",
     "text_loss_off": "stage 1 without its text loss (loss.text_embed=0)",
-    "detached": "distillation losses computed on detached student outputs (no gradient reaches the student)",
+    "detached": "embedding losses on detached student embeddings (only the feature-map loss reaches the student)",
     "shuffled": "teacher targets shifted by one sample within the batch (each student output meets another's target)",
 }
 FAULT_OVERRIDES = {
@@ -83,9 +83,8 @@ def code_fault(fault: str) -> Iterator[None]:
     original = StudentTask._distill_losses
 
     def broken(self, image_emb, student_fmap, text_emb, caption_image, targets):  # same signature as the original
-        if fault == "detached":
-            fmap = None if student_fmap is None else student_fmap.detach()
-            return original(self, image_emb.detach(), fmap, text_emb.detach(), caption_image, targets)
+        if fault == "detached":  # the feature-map loss keeps its gradient (else backward has nothing to do)
+            return original(self, image_emb.detach(), student_fmap, text_emb.detach(), caption_image, targets)
         shifted = {k: None if v is None else v.roll(1, dims=0) for k, v in targets.items()}
         return original(self, image_emb, student_fmap, text_emb, caption_image, shifted)
 
