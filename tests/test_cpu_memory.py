@@ -50,6 +50,7 @@ def minor_faults(mode: str) -> int:
     return int(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not cpu_memory.on_glibc(), reason="mallopt tuning applies to glibc only")
 def test_training_steps_stop_faulting_pages_back_in():
     default, kept = minor_faults("default"), minor_faults("keep")

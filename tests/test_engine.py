@@ -130,6 +130,7 @@ def test_metrics_past_the_resumed_step_and_a_torn_line_are_dropped(tmp_path):
     assert writer.truncate_after(4) == 0
 
 
+@pytest.mark.slow
 def test_resume_with_another_architecture_is_refused(toy_world, world_tokenizer_path, saved_teacher_spec, tmp_path):
     run_stage(distill_config(toy_world, world_tokenizer_path, saved_teacher_spec, tmp_path / "r", "train.steps=1"))
     other = distill_config(

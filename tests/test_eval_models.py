@@ -183,6 +183,7 @@ def test_run_eval_compare_student_and_teacher_on_the_world(world, student_run, s
     assert set(aligned["results"]["tiny"]) == {"ar"} and aligned["results"]["tiny"]["ar"]["n"] == 40
 
 
+@pytest.mark.slow
 def test_remembered_texts_embed_each_caption_once_with_the_same_report(world, student_run, tmp_path):
     class Counting:
         """The student, counting the texts that reach it."""

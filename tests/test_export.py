@@ -362,6 +362,7 @@ def test_publish_replaces_a_previous_bundle(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
 
 
+@pytest.mark.slow
 def test_demo_student_fp32_and_int8_static_qdq(tmp_path, monkeypatch):
     checkpoint = make_checkpoint(tmp_path, "demo-student")
     workdir = tmp_path / "cwd"
@@ -404,6 +405,7 @@ def test_demo_student_fp32_and_int8_static_qdq(tmp_path, monkeypatch):
     print("demo-student parity:", json.dumps({k: v["min_cosine"] for k, v in manifest["parity"].items()}))
 
 
+@pytest.mark.slow
 def test_exporter_choice_is_honoured(tiny, tmp_path, monkeypatch):
     import dcclip.export.bundle as bundle_module
 
@@ -427,6 +429,7 @@ def test_exporter_choice_is_honoured(tiny, tmp_path, monkeypatch):
         export_bundle(loaded.path, tmp_path / "bad", "fp32", str(shards), None, exporter="onnxscript")
 
 
+@pytest.mark.slow
 def test_int8_only_bundle_and_torchscript_retry_after_failed_parity(tiny, tmp_path, monkeypatch):
     import dcclip.export.bundle as bundle_module
 

@@ -142,6 +142,7 @@ def test_min_agreement_must_be_a_share(tiny, tmp_path):
 # --------------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_towers_below_the_bar_ship_fp32_and_say_so(tiny, eval_set, tmp_path, monkeypatch, capsys, caplog):
     from dcclip.cli import main
 
@@ -175,6 +176,7 @@ def test_towers_below_the_bar_ship_fp32_and_say_so(tiny, eval_set, tmp_path, mon
     assert [[label for label, _ in row] for row in int8] == [[label for label, _ in row] for row in fp32]
 
 
+@pytest.mark.slow
 def test_one_tower_below_the_bar_ships_fp32_the_other_int8(tiny, tmp_path, monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="dcclip")
     _, loaded, shards = tiny
@@ -310,6 +312,7 @@ def test_weight_only_int8_stores_int8_convolution_weights_and_keeps_activations_
     assert np.min(np.sum(fp32 * int8, axis=1)) > 0.999, "8-bit weights alone barely move the embedding"
 
 
+@pytest.mark.slow
 def test_a_conv_tower_tries_weight_only_int8_when_both_static_plans_miss_the_bar(tiny, tmp_path, monkeypatch):
     _, loaded, shards = tiny
     real, plans = AgreementProbe.score, []

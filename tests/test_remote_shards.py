@@ -157,6 +157,7 @@ def test_a_shard_cut_every_time_is_retried_then_skipped_counted_and_named(shard_
     assert [u for b in remote for u in b["failed_shards"]] == [url]
 
 
+@pytest.mark.slow
 def test_a_missing_shard_and_a_stalled_server_fail_with_the_reason(server, monkeypatch):
     monkeypatch.setenv("DCCLIP_SHARD_RETRIES", "0")
     monkeypatch.setenv("DCCLIP_SHARD_TIMEOUT", "1")
