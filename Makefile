@@ -5,7 +5,7 @@ STAMP := $(VENV)/.dcclip-installed
 BROWSER_STAMP := $(VENV)/.dcclip-browser-installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test test-browser browser-tools screenshot lint demo bench clean
+.PHONY: install test test-fast test-browser browser-tools screenshot lint demo bench clean
 
 install: $(STAMP)
 
@@ -21,6 +21,10 @@ lint: $(STAMP)
 
 test: lint
 	$(VENV)/bin/pytest -q --durations=10
+
+# The edit-test loop: everything not marked slow; `make test` stays the full suite CI runs.
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -m "not slow" --durations=10
 
 # The web page in a real headless Chromium against a real `dcclip serve` on loopback. Debian's chromium and
 # chromium-driver come from apt when missing (plus a CJK font for the screenshots); selenium drives them by path, so
