@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
+from dcclip.runtime.constants import LOGIT_SCALE_MAX
+
 T = TypeVar("T")
 
 
@@ -97,7 +99,7 @@ class LossConfig:
     # cached or online), which spares same-class pairs from being pushed apart as negatives
     contrastive_targets: Literal["hard", "teacher"] = "hard"
     logit_scale_init: float = 14.285714  # 1 / 0.07, as in CLIP
-    logit_scale_max: float = 100.0
+    logit_scale_max: float = LOGIT_SCALE_MAX  # the one cap: runtime owns the number (export and demo read it)
 
     def validate(self, path: str) -> None:
         for name in ("feature_map", "image_embed", "text_embed", "contrastive"):

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dcclip.runtime.constants import LOGIT_SCALE_MAX
+
 
 def embedding_distance(student: Tensor, teacher: Tensor, kind: str) -> Tensor:
     """Mean distance between unit-normalised embeddings: 1 - cosine, or squared error summed over dimensions."""
@@ -115,7 +117,7 @@ def _row_kl(logits: Tensor, target_logits: Tensor) -> Tensor:
 class ContrastiveLoss(nn.Module):
     """Symmetric InfoNCE between student image and text embeddings, with a clamped learnable temperature."""
 
-    def __init__(self, max_scale: float = 100.0):
+    def __init__(self, max_scale: float = LOGIT_SCALE_MAX):
         super().__init__()
         self.max_scale = max_scale
 

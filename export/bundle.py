@@ -31,17 +31,18 @@ from PIL import Image
 from dcclip import __version__
 from dcclip.io import atomic_dir, write_json_atomic
 from dcclip.models.students import LoadedStudent, load_student_checkpoint
-from dcclip.runtime.bundle import (
+from dcclip.runtime.bundle import IMAGE_INPUT, IMAGE_OUTPUT, TEXT_INPUTS, TEXT_OUTPUT
+from dcclip.runtime.manifest import (
     BUNDLE_FORMAT,
-    FORMAT_VERSION,
-    IMAGE_INPUT,
-    IMAGE_OUTPUT,
+    LOGIT_SCALE_MAX,
     MANIFEST_FILE,
-    TEXT_INPUTS,
-    TEXT_OUTPUT,
     TOKENIZER_FILE,
+    BundleManifest,
+    FileEntry,
+    build_bundle_manifest,
+    check_bundle_manifest,
+    file_entry,
     seal_manifest,
-    sha256_file,
 )
 
 from .card import seal_with_card
@@ -78,7 +79,6 @@ log = logging.getLogger(__name__)
 EXPORTER_CHOICES = {"auto": EXPORTERS, "dynamo": ("dynamo",), "torchscript": ("torchscript",)}
 
 PRECISION_CHOICES = ("fp32", "int8", "both", "auto")
-LOGIT_SCALE_MAX = 100.0
 FILES = {("image", "fp32"): "image.onnx", ("text", "fp32"): "text.onnx"}
 FILES |= {("image", "int8"): "image.int8.onnx", ("text", "int8"): "text.int8.onnx"}
 
@@ -176,6 +176,7 @@ def _build(
     manifest["validation_inputs"] = {"images": inputs.image_source, "captions": caption_source}
     if auto is not None and quantization is not None:
         manifest |= _precision_choice(timings, quantization, parity["int8"]["towers"], min_agreement, auto[0])
+    check_bundle_manifest(manifest, staging / MANIFEST_FILE)  # the fields added since it was built, too
     manifest = seal_manifest(manifest)
     write_json_atomic(staging / MANIFEST_FILE, manifest)
     return manifest
@@ -488,50 +489,53 @@ def _manifest(
     quantization: dict[str, dict[str, Any]] | None,
     parity: dict[str, Any],
     max_len: int,
-) -> dict[str, Any]:
+) -> BundleManifest:
     """The manifest: what the runtime needs to use the bundle, and what anyone needs to trust it."""
     model = loaded.model
-    return {
-        "format": BUNDLE_FORMAT,
-        "format_version": FORMAT_VERSION,
-        "dcclip_version": __version__,
-        "embed_dim": int(model.arch["embed_dim"]),
-        "logit_scale": min(math.exp(float(model.logit_scale.detach())), LOGIT_SCALE_MAX),
-        "image_preprocess": loaded.preprocess.to_dict(),
-        "text_max_length": max_len,
-        "pad_id": int(loaded.tokenizer.pad_id),
-        "languages": list(loaded.langs),
-        "precisions": precisions,
-        "io": {
+    return build_bundle_manifest(
+        dcclip_version=__version__,
+        embed_dim=int(model.arch["embed_dim"]),
+        logit_scale=min(math.exp(float(model.logit_scale.detach())), logit_scale_cap(loaded.config)),
+        image_preprocess=loaded.preprocess.to_dict(),
+        text_max_length=max_len,
+        pad_id=int(loaded.tokenizer.pad_id),
+        languages=list(loaded.langs),
+        precisions=precisions,
+        io={
             "image": {"inputs": [IMAGE_INPUT], "output": IMAGE_OUTPUT, "normalized": True},
             "text": {"inputs": list(TEXT_INPUTS), "output": TEXT_OUTPUT, "normalized": True},
         },
-        "files": _file_entries(staging, precisions),
-        "exporter": {role: _record_dict(record, staging) for role, record in records.items()},
-        "quantization": quantization,
-        "parity": parity,
-        "source": {
+        files=_file_entries(staging, precisions),
+        exporter={role: _record_dict(record, staging) for role, record in records.items()},
+        quantization=quantization,
+        parity=parity,
+        source={
             "checkpoint": str(loaded.path),
             "step": loaded.config.get("step"),
             "student": model.arch.get("name"),
             "config": loaded.config,
         },
-    }
+    )
 
 
-def _file_entries(staging: Path, precisions: list[str]) -> dict[str, dict[str, Any]]:
+def logit_scale_cap(config: dict[str, Any]) -> float:
+    """The cap the run trained under (its ``loss.logit_scale_max``, in the checkpoint's run config), else the default:
+    a bundle's scale never exceeds what training allowed."""
+    loss = ((config.get("run_config") or {}).get("loss")) or {}
+    cap = loss.get("logit_scale_max", LOGIT_SCALE_MAX)
+    if isinstance(cap, bool) or not isinstance(cap, int | float) or not math.isfinite(cap) or cap <= 0:
+        raise ExportError(f"checkpoint config run_config.loss.logit_scale_max is {cap!r}; expected a positive number")
+    return float(cap)
+
+
+def _file_entries(staging: Path, precisions: list[str]) -> dict[str, FileEntry]:
     """Role, precision, sha256 and size of every model file and the tokenizer."""
     entries = {}
     for (role, precision), name in FILES.items():
         if precision in precisions:
-            entries[name] = _file_entry(staging / name, role, precision)
-    entries[TOKENIZER_FILE] = _file_entry(staging / TOKENIZER_FILE, "tokenizer", None)
+            entries[name] = file_entry(staging / name, role, precision)
+    entries[TOKENIZER_FILE] = file_entry(staging / TOKENIZER_FILE, "tokenizer", None)
     return entries
-
-
-def _file_entry(path: Path, role: str, precision: str | None) -> dict[str, Any]:
-    """One file's manifest entry."""
-    return {"role": role, "precision": precision, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
 def _record_dict(record: ExportRecord, staging: Path) -> dict[str, Any]:

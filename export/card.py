@@ -24,7 +24,8 @@ from typing import Any
 
 from dcclip import __version__
 from dcclip.io import atomic_dir, write_json_atomic, write_text_atomic
-from dcclip.runtime.bundle import MANIFEST_FILE, seal_manifest, sha256_file, verify_bundle
+from dcclip.runtime.bundle import verify_bundle
+from dcclip.runtime.manifest import MANIFEST_FILE, check_bundle_manifest, file_entry, seal_manifest, sha256_file
 
 __all__ = [
     "CARD_FILE",
@@ -164,15 +165,15 @@ def _data_facts(stage: dict[str, Any]) -> dict[str, Any]:
 
 
 def _shard_manifest(source: Any) -> dict[str, Any] | None:
-    """The ``manifest.json`` of a local shard directory (None for remote sources or when there is none)."""
+    """The checked ``manifest.json`` of a local shard directory (None for remote sources or when there is none)."""
+    from dcclip.data.shard_manifest import ShardError, read_manifest
+
     if not isinstance(source, str) or not source or "://" in source or source.startswith("pipe:"):
         return None
-    path = Path(source) / "manifest.json"
     try:
-        manifest = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
+        return dict(read_manifest(source))
+    except ShardError:
         return None
-    return manifest if isinstance(manifest, dict) and manifest.get("format") == "dcclip-shards" else None
 
 
 def _machine_share(manifest: dict[str, Any]) -> dict[str, float] | str:
@@ -526,21 +527,18 @@ def _use_md(card: dict[str, Any]) -> str:
 
 
 # --- writing -------------------------------------------------------------------------------------------------------
-def _card_entry(path: Path) -> dict[str, Any]:
-    """The manifest's file entry of the card."""
-    return {"role": "card", "precision": None, "sha256": sha256_file(path), "bytes": path.stat().st_size}
-
-
 def add_card(manifest: dict[str, Any], staging: Path, license: str | None = None) -> dict[str, Any]:
     """Write MODEL_CARD.md into a bundle being built and return the (unsealed) manifest with its card and entry."""
     card = card_from_manifest(manifest, license)
     write_text_atomic(staging / CARD_FILE, render_card(card))
-    return {**manifest, CARD_KEY: card, "files": {**manifest["files"], CARD_FILE: _card_entry(staging / CARD_FILE)}}
+    files = {**manifest["files"], CARD_FILE: file_entry(staging / CARD_FILE, "card", None)}
+    return {**manifest, CARD_KEY: card, "files": files}
 
 
 def seal_with_card(staging: Path, manifest: dict[str, Any], license: str | None = None) -> dict[str, Any]:
     """Export's hook: add the card to a bundle staged with its sealed manifest, re-seal and rewrite manifest.json."""
-    manifest = seal_manifest(add_card(manifest, staging, license))
+    manifest = add_card(manifest, staging, license)
+    manifest = check_bundle_manifest(manifest, staging / MANIFEST_FILE) or seal_manifest(manifest)  # schema, then seal
     write_json_atomic(staging / MANIFEST_FILE, manifest)
     return manifest
 
@@ -565,8 +563,9 @@ def update_card(
     with atomic_dir(bundle) as staging:
         _link_all(bundle, staging, skip={CARD_FILE, MANIFEST_FILE})
         write_text_atomic(staging / CARD_FILE, text)
-        files = {**manifest["files"], CARD_FILE: _card_entry(staging / CARD_FILE)}
-        manifest = seal_manifest({**manifest, CARD_KEY: card, "files": files})
+        files = {**manifest["files"], CARD_FILE: file_entry(staging / CARD_FILE, "card", None)}
+        manifest = {**manifest, CARD_KEY: card, "files": files}
+        manifest = check_bundle_manifest(manifest, staging / MANIFEST_FILE) or seal_manifest(manifest)
         write_json_atomic(staging / MANIFEST_FILE, manifest)
     log.info("model card of %s refreshed from %s", bundle, report_path)
     return manifest

@@ -15,13 +15,19 @@ import re
 import tarfile
 import time
 import zlib
-from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from dcclip.data.langcodes import normalise_lang
+from dcclip.data.shard_manifest import (
+    MANIFEST_NAME,
+    ShardError,
+    ShardInfo,
+    build_manifest,
+    read_manifest,
+)
 from dcclip.data.sources import (
     FinalSourceError,
     RemoteOptions,
@@ -33,20 +39,17 @@ from dcclip.data.sources import (
     local_path,
     looks_like_set_directory,
     open_stream,
-    read_bytes,
     transport_problem,
 )
 from dcclip.io import atomic_path, write_json_atomic
+from dcclip.runtime.constants import SHARD_IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MANIFEST_NAME = "manifest.json"
 BUILDING_MARKER = ".build-unfinished"  # present while a ShardSetWriter writes the directory
-MANIFEST_FORMAT = "dcclip-shards"
-MANIFEST_VERSION = 1
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+IMAGE_EXTENSIONS = SHARD_IMAGE_EXTENSIONS
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 _BLOCK = tarfile.BLOCKSIZE
 _RECORD = tarfile.RECORDSIZE
@@ -60,10 +63,6 @@ _DRAIN_CHUNK = 16 * 1024 * 1024  # an oversized member is read past in chunks of
 # raises it); a sample whose key came before in the same shard also carries DUPLICATE_FIELD.
 ERROR_FIELD = "__error__"
 DUPLICATE_FIELD = "__duplicate__"
-
-
-class ShardError(ValueError):
-    """A shard set or one of its samples cannot be used; the message names the file and the key."""
 
 
 def escape_name(name: str) -> str:
@@ -153,20 +152,6 @@ def write_shard(path: Path, samples: Iterable[tuple[str, dict[str, bytes]]]) -> 
             add_sample(tar, key, payload)
             count += 1
     return count
-
-
-@dataclass
-class ShardInfo:
-    """What one finished shard holds."""
-
-    name: str
-    samples: int = 0
-    bytes: int = 0  # tar bytes written so far; the file size once the shard is finished
-    langs: Counter = field(default_factory=Counter)
-
-    def to_dict(self) -> dict[str, Any]:
-        langs = dict(sorted(self.langs.items()))
-        return {"name": self.name, "samples": self.samples, "bytes": self.bytes, "langs": langs}
 
 
 class ShardSetWriter:
@@ -296,41 +281,6 @@ def _check_fields(key: str, payload: dict[str, Any]) -> None:
             raise ShardError(f"sample {key}: bad field name {ext!r}")
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ShardError(f"sample {key}: field {ext!r} must be bytes, got {type(data).__name__}")
-
-
-def build_manifest(shards: list[ShardInfo], skipped: list[dict[str, str]], extra: dict[str, Any] | None) -> dict:
-    """The manifest: shard list with per-shard counts, totals per language, bytes, and every skipped sample."""
-    langs: Counter = Counter()
-    for shard in shards:
-        langs.update(shard.langs)
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "version": MANIFEST_VERSION,
-        "samples": sum(s.samples for s in shards),
-        "bytes": sum(s.bytes for s in shards),
-        "langs": dict(sorted(langs.items())),
-        "shards": [s.to_dict() for s in shards],
-        "skipped": skipped,
-    }
-    if extra:
-        manifest.update(extra)
-    return manifest
-
-
-def read_manifest(shard_dir: str | Path) -> dict[str, Any]:
-    """Load ``manifest.json`` of a shard set (a local folder or a URL), with an error naming the file."""
-    path = join(shard_dir, MANIFEST_NAME)
-    if is_local(path) and not local_path(path).is_file():
-        raise ShardError(f"{path}: no manifest.json (build shards with `dcclip shards build`)")
-    try:
-        manifest = json.loads(read_bytes(path).decode("utf-8"))
-    except OSError as exc:
-        raise ShardError(f"{describe(path)}: cannot read the shard set's manifest ({exc})") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ShardError(f"{describe(path)}: not valid JSON ({exc})") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT or "shards" not in manifest:
-        raise ShardError(f"{describe(path)}: not a dcclip shard manifest")
-    return manifest
 
 
 def set_directories(source: str | Path) -> list[str]:

@@ -18,7 +18,7 @@ _EXPORTS = {
     "DEFAULT_TEMPLATES": "classifier",
     "ImageIndex": "index",
     "SearchHit": "index",
-    "SearchIndexError": "index",
+    "SearchIndexError": "errors",
     "search_text": "index",
     "Preprocess": "preprocess",
     "decode_image": "preprocess",

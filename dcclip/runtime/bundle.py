@@ -18,10 +18,8 @@ without the field it loads fp32, as before. An explicit precision always wins.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,14 +40,24 @@ from dcclip.runtime.errors import (
     check_text,
     check_unicode,
 )
-from dcclip.runtime.preprocess import (
-    INTERPOLATIONS,
-    RESIZE_MODES,
-    ImageDecodeError,
-    Preprocess,
-    check_geometry,
-    decode_image,
+from dcclip.runtime.manifest import (
+    BUNDLE_FORMAT,
+    FORMAT_VERSION,
+    LOGIT_SCALE_MAX,
+    MANIFEST_DIGEST_KEY,
+    MANIFEST_FILE,
+    PRECISIONS,
+    RECOMMENDED_KEY,
+    ROLES,
+    SUPPORTED_VERSIONS,
+    TOKENIZER_FILE,
+    check_bundle_header,
+    check_bundle_manifest,
+    manifest_digest,
+    seal_manifest,
+    sha256_file,
 )
+from dcclip.runtime.preprocess import ImageDecodeError, Preprocess, check_geometry, decode_image
 from dcclip.runtime.tokenizer import TextTokenizer
 
 __all__ = [
@@ -58,46 +66,30 @@ __all__ = [
     "MANIFEST_FILE",
     "MAX_TEXT_CHARS",
     "SUPPORTED_VERSIONS",
+    "TOKENIZER_FILE",
     "BundleModel",
+    "BundleVersionError",
     "ImageInput",
     "bundle_file",
     "load_bundle_model",
+    "manifest_digest",
     "read_manifest",
     "recommended_precision",
+    "seal_manifest",
     "sha256_file",
     "shipped_precision",
     "verify_bundle",
 ]
 
-BUNDLE_FORMAT = "dcclip-bundle"
-FORMAT_VERSION = 3  # 3: manifest_sha256 seals the manifest's own fields
-SUPPORTED_VERSIONS = (1, 2, 3)
-MANIFEST_DIGEST_KEY = "manifest_sha256"
-MANIFEST_FILE = "manifest.json"
-TOKENIZER_FILE = "tokenizer.json"
-PRECISIONS = ("fp32", "int8")
 IMAGE_INPUT, IMAGE_OUTPUT = "pixel_values", "image_embeds"
 TEXT_INPUTS, TEXT_OUTPUT = ("input_ids", "attention_mask"), "text_embeds"
 DEFAULT_MAX_BATCH = 32
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000  # refuse decompression bombs from the header
-REQUIRED_KEYS = ("embed_dim", "image_preprocess", "text_max_length", "precisions", "files")
-ROLES = ("image", "text")
-RECOMMENDED_KEY, CHOICE_KEY = "recommended_precision", "precision_choice"  # written by export --precision auto
-
 # What a sealed manifest vouches for and an unsealed one does not (the runtime reads these fields).
 UNSEALED_FIELDS = ("logit_scale", "image_preprocess", "text_max_length", "pad_id", "languages", RECOMMENDED_KEY)
 log = logging.getLogger(__name__)
 
 ImageInput = Image.Image | bytes | bytearray | str | os.PathLike
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _manifest_path(path: str | os.PathLike) -> Path:
@@ -118,24 +110,13 @@ def read_manifest(path: str | os.PathLike, allow_unsealed: bool = False) -> dict
         raise BundleError(f"{manifest_path.parent}: not a dcclip bundle (no {MANIFEST_FILE})") from exc
     except (OSError, ValueError) as exc:
         raise BundleError(f"{manifest_path}: unreadable manifest ({exc})") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise BundleError(f"{manifest_path}: format is {found!r}, expected {BUNDLE_FORMAT!r}")
-    version = manifest.get("format_version")
-    if type(version) is not int or version not in SUPPORTED_VERSIONS:
-        raise BundleVersionError(
-            f"{manifest_path}: bundle format_version {version!r} is not supported by this runtime "
-            f"(it reads {list(SUPPORTED_VERSIONS)}); upgrade dcclip or re-export the bundle",
-            version,
-        )
-    missing = [key for key in REQUIRED_KEYS if key not in manifest]
-    if missing:
-        raise BundleError(f"{manifest_path}: manifest lacks {missing}")
+    check_bundle_header(manifest, manifest_path)
+    version = manifest["format_version"]
     if version >= 3 or MANIFEST_DIGEST_KEY in manifest:
         _check_seal(manifest, manifest_path)  # a seal is checked whatever version the manifest claims
     else:
         _allow_unsealed(manifest_path, version, allow_unsealed)
-    check_manifest_fields(manifest, manifest_path)
+    check_bundle_manifest(manifest, manifest_path)
     return manifest
 
 
@@ -159,18 +140,6 @@ def _allow_unsealed(where: Path, version: int, allowed: bool) -> None:
     )
 
 
-def manifest_digest(manifest: dict[str, Any]) -> str:
-    """sha256 of the manifest's canonical JSON (sorted keys, no spaces), its own digest field left out."""
-    content = {key: value for key, value in manifest.items() if key != MANIFEST_DIGEST_KEY}
-    text = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def seal_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
-    """The manifest with ``manifest_sha256`` set: any later edit of a field is detected at load."""
-    return {**manifest, MANIFEST_DIGEST_KEY: manifest_digest(manifest)}
-
-
 def _check_seal(manifest: dict[str, Any], where: Path) -> None:
     recorded, actual = manifest.get(MANIFEST_DIGEST_KEY), manifest_digest(manifest)
     if recorded != actual:
@@ -179,85 +148,6 @@ def _check_seal(manifest: dict[str, Any], where: Path) -> None:
             "re-export the bundle rather than editing its manifest",
             MANIFEST_FILE,
         )
-
-
-def _field_error(where: Path, field: str, value: Any, expected: str) -> BundleError:
-    return BundleError(f"{where}: manifest field {field} is {value!r}; expected {expected}")
-
-
-def _positive_int(value: Any, high: int) -> bool:
-    return type(value) is int and 1 <= value <= high
-
-
-def _finite(value: Any, low: float, high: float) -> bool:
-    return type(value) in (int, float) and math.isfinite(value) and low <= value <= high
-
-
-def check_manifest_fields(manifest: dict[str, Any], where: Path) -> None:
-    """Every field the runtime uses has the type and range it needs: an edited manifest fails at load, naming the
-    field, instead of starting a server that then fails or silently answers differently on every request."""
-    if not _positive_int(manifest["embed_dim"], 65536):
-        raise _field_error(where, "embed_dim", manifest["embed_dim"], "an integer in [1, 65536]")
-    if not _positive_int(manifest["text_max_length"], 4096):
-        raise _field_error(where, "text_max_length", manifest["text_max_length"], "an integer in [1, 4096]")
-    if "logit_scale" in manifest and not _finite(manifest["logit_scale"], 1e-3, 1e4):
-        raise _field_error(where, "logit_scale", manifest["logit_scale"], "a number in [0.001, 10000]")
-    if "pad_id" in manifest and (type(manifest["pad_id"]) is not int or manifest["pad_id"] < 0):
-        raise _field_error(where, "pad_id", manifest["pad_id"], "a non-negative integer")
-    languages = manifest.get("languages", [])
-    if not isinstance(languages, list) or not all(isinstance(lang, str) and lang for lang in languages):
-        raise _field_error(where, "languages", languages, "a list of language codes")
-    precisions = manifest["precisions"]
-    if not isinstance(precisions, list) or not precisions or not set(precisions) <= set(PRECISIONS):
-        raise _field_error(where, "precisions", precisions, f"a non-empty list from {list(PRECISIONS)}")
-    _check_preprocess_fields(manifest["image_preprocess"], where)
-    _check_file_entries(manifest["files"], where)
-    _check_recommendation(manifest, where)
-
-
-def _check_recommendation(manifest: dict[str, Any], where: Path) -> None:
-    """``recommended_precision`` (optional) names, per tower, a precision the bundle has; ``precision_choice`` is an
-    object. The runtime loads files by the former, so a typo must fail at load, not on the first request."""
-    if CHOICE_KEY in manifest and not isinstance(manifest[CHOICE_KEY], dict):
-        raise _field_error(where, CHOICE_KEY, manifest[CHOICE_KEY], "an object")
-    if RECOMMENDED_KEY not in manifest:
-        return
-    recommended, precisions = manifest[RECOMMENDED_KEY], manifest["precisions"]
-    expected = f"{{'image': P, 'text': P}} with P from {precisions}"
-    if not isinstance(recommended, dict) or set(recommended) != set(ROLES):
-        raise _field_error(where, RECOMMENDED_KEY, recommended, expected)
-    if any(value not in precisions for value in recommended.values()):
-        raise _field_error(where, RECOMMENDED_KEY, recommended, expected)
-
-
-def _check_preprocess_fields(pre: Any, where: Path) -> None:
-    if not isinstance(pre, dict):
-        raise _field_error(where, "image_preprocess", pre, "an object")
-    if not _positive_int(pre.get("image_size"), 4096) or pre["image_size"] < 8:
-        raise _field_error(where, "image_preprocess.image_size", pre.get("image_size"), "an integer in [8, 4096]")
-    for name, low in (("mean", -10.0), ("std", 1e-6)):
-        values = pre.get(name)
-        if not isinstance(values, list) or len(values) != 3 or not all(_finite(v, low, 10.0) for v in values):
-            raise _field_error(where, f"image_preprocess.{name}", values, f"3 numbers in [{low:g}, 10]")
-    if pre.get("resize_mode", "shortest") not in RESIZE_MODES:
-        raise _field_error(where, "image_preprocess.resize_mode", pre.get("resize_mode"), f"one of {RESIZE_MODES}")
-    if pre.get("interpolation", "bicubic") not in INTERPOLATIONS:
-        raise _field_error(
-            where, "image_preprocess.interpolation", pre.get("interpolation"), f"one of {INTERPOLATIONS}"
-        )
-
-
-def _check_file_entries(files: Any, where: Path) -> None:
-    if not isinstance(files, dict) or not files:
-        raise _field_error(where, "files", type(files).__name__, "an object {file name: entry}")
-    for name, entry in files.items():
-        if not isinstance(entry, dict):
-            raise _field_error(where, f"files[{name!r}]", entry, "an object with role, precision, sha256, bytes")
-        digest = entry.get("sha256")
-        if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise _field_error(where, f"files[{name!r}].sha256", digest, "64 lowercase hex digits")
-        if "bytes" in entry and (type(entry["bytes"]) is not int or entry["bytes"] < 0):
-            raise _field_error(where, f"files[{name!r}].bytes", entry["bytes"], "a non-negative integer")
 
 
 def verify_bundle(path: str | os.PathLike, allow_unsealed: bool = False) -> dict[str, Any]:
@@ -410,7 +300,7 @@ class BundleModel:
     @property
     def logit_scale(self) -> float:
         """Multiplier of cosine similarities before a softmax (CLIP's temperature, inverted)."""
-        return float(self.manifest.get("logit_scale", 100.0))
+        return float(self.manifest.get("logit_scale", LOGIT_SCALE_MAX))
 
     @property
     def languages(self) -> list[str]:

@@ -18,6 +18,7 @@ __all__ = [
     "InvalidLabelError",
     "InvalidTemplateError",
     "InvalidTextError",
+    "SearchIndexError",
     "TooManyLabelsError",
     "UnknownLanguageError",
 ]
@@ -41,6 +42,10 @@ class BundleVersionError(BundleError):
     def __init__(self, message: str, version: object) -> None:
         super().__init__(message)
         self.version = version
+
+
+class SearchIndexError(ValueError):
+    """An index that cannot be used (missing, malformed, another bundle's) or a bad id; the message names the file."""
 
 
 class InvalidInputError(ValueError):

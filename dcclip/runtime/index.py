@@ -28,10 +28,18 @@ from typing import Any
 
 import numpy as np
 
-from dcclip.runtime.bundle import MANIFEST_DIGEST_KEY, BundleModel, manifest_digest
-from dcclip.runtime.errors import InvalidInputError, InvalidTextError, UnknownLanguageError
+from dcclip.runtime.bundle import BundleModel
+from dcclip.runtime.errors import InvalidInputError, InvalidTextError, SearchIndexError, UnknownLanguageError
 from dcclip.runtime.errors import check_text as _check_text
 from dcclip.runtime.errors import check_unicode as _check_unicode
+from dcclip.runtime.manifest import (
+    INDEX_FORMAT,
+    INDEX_VERSION,
+    MANIFEST_DIGEST_KEY,
+    MANIFEST_FILE,
+    check_index_manifest,
+    manifest_digest,
+)
 from dcclip.runtime.prompts import PLACEHOLDER, checked_templates, class_embeddings, fill_templates
 
 __all__ = [
@@ -58,9 +66,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-INDEX_FORMAT = "dcclip-index"
-INDEX_VERSION = 1
-MANIFEST_FILE = "manifest.json"
 EMBEDDINGS_FILE = "embeddings.npy"
 ITEMS_FILE = "items.jsonl"
 SKIPPED_FILE = "skipped.jsonl"
@@ -70,12 +75,7 @@ ANN_FILE = "ann.faiss"
 PARTS_DIR = ".parts"  # where an unfinished build keeps its finished parts (dcclip/search/build.py)
 ANN_KIND = "faiss-ivf"
 INSTALL_HINT = "pip install 'dcclip[index]'"
-REQUIRED_KEYS = ("bundle_digest", "embed_dim", "precision", "count")
 QUERY_CHUNK = 64  # queries scored at once by exact search: bounds the [q, n] score matrix
-
-
-class SearchIndexError(ValueError):
-    """An index that cannot be used (missing, malformed, another bundle's) or a bad id; the message names the file."""
 
 
 @dataclass
@@ -108,19 +108,7 @@ def read_index_manifest(path: str | os.PathLike) -> dict[str, Any]:
         manifest = json.loads(file.read_text("utf-8"))
     except (OSError, ValueError) as exc:
         raise SearchIndexError(f"{file}: unreadable index manifest ({exc})") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != INDEX_FORMAT:
-        raise SearchIndexError(f"{file}: not a dcclip image index manifest (format is not {INDEX_FORMAT!r})")
-    if manifest.get("format_version") != INDEX_VERSION:
-        raise SearchIndexError(
-            f"{file}: index format_version {manifest.get('format_version')!r} is not {INDEX_VERSION}; "
-            "rebuild the index with this dcclip"
-        )
-    missing = [key for key in REQUIRED_KEYS if key not in manifest]
-    if missing:
-        raise SearchIndexError(f"{file}: index manifest lacks {missing}")
-    for key in ("embed_dim", "count"):
-        if type(manifest[key]) is not int or manifest[key] < (1 if key == "embed_dim" else 0):
-            raise SearchIndexError(f"{file}: manifest field {key} is {manifest[key]!r}; expected an integer")
+    check_index_manifest(manifest, file)
     return manifest
 
 

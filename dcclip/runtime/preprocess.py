@@ -8,6 +8,8 @@ teachers preprocessed by open_clip / torchvision get the same input too.
 from __future__ import annotations
 
 import io
+import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,9 +17,55 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from dcclip.runtime.constants import IMAGE_EXTENSIONS
+
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 INTERPOLATIONS = tuple(_RESAMPLE)
 RESIZE_MODES = ("shortest", "squash")  # shortest side then centre crop, or both sides to the input size
+IMAGE_SIZE_RANGE = (8, 4096)
+MEAN_RANGE, STD_RANGE = (-10.0, 10.0), (1e-6, 10.0)
+
+
+def is_image_file(name: str | os.PathLike, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> bool:
+    """Whether a file name ends in one of ``extensions`` (any case)."""
+    return os.path.splitext(os.fspath(name))[1].lower().lstrip(".") in extensions
+
+
+class PreprocessConfigError(ValueError):
+    """An image preprocessing setting out of type or range; ``field``, ``value`` and ``expected`` say which."""
+
+    def __init__(self, field: str, value: Any, expected: str) -> None:
+        super().__init__(f"image preprocessing {field} is {value!r}; expected {expected}")
+        self.field, self.value, self.expected = field, value, expected
+
+
+def _is_number(value: Any, low: float, high: float) -> bool:
+    return type(value) in (int, float) and math.isfinite(value) and low <= value <= high
+
+
+def check_preprocess_config(pre: Mapping[str, Any]) -> None:
+    """The one check of an image preprocessing dict (bundle manifest, student config): image_size, mean, std,
+    resize_mode and interpolation of the right type and range; PreprocessConfigError naming the first that is not."""
+    if not isinstance(pre, Mapping):
+        raise PreprocessConfigError("", pre, "an object")
+    low, high = IMAGE_SIZE_RANGE
+    size = pre.get("image_size")
+    if type(size) is not int or not low <= size <= high:
+        raise PreprocessConfigError("image_size", size, f"an integer in [{low}, {high}]")
+    for name, (low_v, high_v) in (("mean", MEAN_RANGE), ("std", STD_RANGE)):
+        values = pre.get(name)
+        if (
+            not isinstance(values, list | tuple)
+            or len(values) != 3
+            or not all(_is_number(v, low_v, high_v) for v in values)
+        ):
+            raise PreprocessConfigError(name, values, f"3 numbers in [{low_v:g}, {high_v:g}]")
+    for name, choices, default in (
+        ("resize_mode", RESIZE_MODES, "shortest"),
+        ("interpolation", INTERPOLATIONS, "bicubic"),
+    ):
+        if pre.get(name, default) not in choices:
+            raise PreprocessConfigError(name, pre.get(name), f"one of {choices}")
 
 
 class ImageDecodeError(ValueError):

@@ -18,11 +18,11 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from dcclip.io import write_text_atomic
+from dcclip.runtime.constants import TOKENIZER_FILE
 from dcclip.runtime.errors import check_unicode
 
 __all__ = ["TOKENIZER_FILE", "TextTokenizer"]
 
-TOKENIZER_FILE = "tokenizer.json"
 # Pad-token names used by common Hugging Face tokenizers, most specific first.
 PAD_TOKEN_NAMES = ("<pad>", "[PAD]", "<|pad|>", "<|endoftext|>")
 # Where a Hugging Face tokenizer directory names its pad token.
