@@ -13,11 +13,13 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:  # torch is imported where it is used: the layout names below are read by torch-free code (eval)
+    import torch
+    from torch import nn
 
 from dcclip.io import atomic_dir
 
@@ -26,6 +28,11 @@ MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 STATE_FILE = "trainer_state.pt"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+def is_checkpoint_like(path: Path) -> bool:
+    """A checkpoint directory (config and weights) or a run directory (holding ``checkpoints/``)."""
+    return ((path / CONFIG_FILE).is_file() and (path / MODEL_FILE).is_file()) or (path / CHECKPOINT_DIR).is_dir()
 
 
 class CheckpointError(RuntimeError):
@@ -45,6 +52,8 @@ class Checkpoint:
 def rng_state() -> dict[str, Any]:
     """Every random generator a run touches, so a resumed run draws the same numbers; tensors and plain values only,
     so the state loads with ``torch.load(weights_only=True)``."""
+    import torch
+
     name, keys, pos, has_gauss, cached = np.random.get_state()
     numpy_state = {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
                    "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}  # fmt: skip
@@ -55,6 +64,8 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
     random.setstate(_as_python_random_state(state["python"]))
     numpy_state = state["numpy"]
     if isinstance(numpy_state, dict):
@@ -96,6 +107,7 @@ def write_checkpoint(
     keep_last: int = 3,
 ) -> Path:
     """Write ``run_dir/checkpoints/step-NNNNNNNN`` atomically and prune older ones beyond ``keep_last``."""
+    import torch
     from safetensors.torch import save_model
 
     root = Path(run_dir) / CHECKPOINT_DIR
@@ -162,6 +174,8 @@ def read_trainer_state(path: Path, trusted: bool = False) -> dict[str, Any]:
     A file holding anything else (written by dcclip before 0.x, or by someone else) is refused, naming the file; with
     ``trusted`` (``train.trust_state=true``) it is loaded with full unpickling, for files you made yourself.
     """
+    import torch
+
     file = Path(path) / STATE_FILE
     try:
         return torch.load(file, map_location="cpu", weights_only=not trusted)

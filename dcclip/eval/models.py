@@ -16,8 +16,9 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from dcclip.checkpoint import CHECKPOINT_DIR, CONFIG_FILE, MODEL_FILE, is_checkpoint_like
 from dcclip.models.teacher_spec import CLIP_PREFIXES, PREFIXES
-from dcclip.runtime.bundle import BUNDLE_FORMAT
+from dcclip.runtime.manifest import BUNDLE_FORMAT, MANIFEST_FILE
 from dcclip.runtime.prompts import l2_normalize
 
 __all__ = [
@@ -234,7 +235,7 @@ def default_name(ref: str, text_spec: str = "") -> str:
     if not prefix and not path.name and path.exists():
         path = path.resolve()  # "." or ".." -> the directory's own name
     label = path.name or body
-    if path.parent.name == "checkpoints" and path.parent.parent.name:
+    if path.parent.name == CHECKPOINT_DIR and path.parent.parent.name:
         label = f"{path.parent.parent.name}/{path.name}"
     label = f"{prefix}{label}"
     return f"{label}+{default_name(text_spec)}" if text_spec else label
@@ -242,7 +243,7 @@ def default_name(ref: str, text_spec: str = "") -> str:
 
 def _bundle_format(path: Path) -> str | None:
     """The ``format`` field of a directory's manifest.json, or None when there is none or it is not JSON."""
-    manifest = path / "manifest.json"
+    manifest = path / MANIFEST_FILE
     if not manifest.is_file():
         return None
     try:
@@ -250,13 +251,6 @@ def _bundle_format(path: Path) -> str | None:
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     return payload.get("format") if isinstance(payload, dict) else None
-
-
-def _is_checkpoint_like(path: Path) -> bool:
-    """A checkpoint directory (config.json + model.safetensors) or a run directory (checkpoints/)."""
-    return ((path / "config.json").is_file() and (path / "model.safetensors").is_file()) or (
-        path / "checkpoints"
-    ).is_dir()
 
 
 def _split_precision(ref: str) -> tuple[str, str | None]:
@@ -288,13 +282,13 @@ def load_model(
         if fmt == BUNDLE_FORMAT:
             _refuse_text_spec(text_spec, ref_str)
             return OnnxEvalModel(path, name=name, batch_size=batch_size, precision=ref_precision or precision)
-        if _is_checkpoint_like(path):
+        if is_checkpoint_like(path):
             _refuse_text_spec(text_spec, ref_str)
             return StudentModel(path, device=device, name=name, batch_size=batch_size)
         found = f" (its manifest.json has format {fmt!r})" if fmt else ""
         raise ModelLoadError(
             f"{path} is a directory but neither an ONNX bundle (manifest.json with format {BUNDLE_FORMAT!r}) nor a "
-            f"checkpoint (config.json + model.safetensors) nor a run directory (checkpoints/){found}"
+            f"checkpoint ({CONFIG_FILE} + {MODEL_FILE}) nor a run directory ({CHECKPOINT_DIR}/){found}"
         )
     if ref_str.startswith(TEACHER_PREFIXES):
         return TeacherModel(ref_str, text_spec, device=device, name=name, batch_size=batch_size)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from dcclip.data.shard_build import SOURCE_IMAGE_EXTENSIONS, walk_folder
+from dcclip.data.shard_build import walk_folder
 from dcclip.data.shards import (
     ERROR_FIELD,
     MANIFEST_NAME,
@@ -23,8 +23,9 @@ from dcclip.data.shards import (
     shard_paths,
 )
 from dcclip.data.sources import is_local, local_path
+from dcclip.runtime.constants import IMAGE_EXTENSIONS
 
-__all__ = ["IndexInput", "check_source", "count_inputs", "is_image_folder", "iter_inputs"]
+__all__ = ["IndexInput", "check_source", "count_inputs", "is_image_file", "is_image_folder", "iter_inputs"]
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,14 @@ def is_image_folder(images: str | os.PathLike) -> bool:
     return not ((root / MANIFEST_NAME).is_file() or any(root.glob("*.tar")))
 
 
+def is_image_file(images: str | os.PathLike) -> bool:
+    """One local image file (by extension), indexed on its own rather than read as a shard."""
+    text = str(images)
+    return "::" not in text and is_local(text) and local_path(text).is_file() and _is_image_name(local_path(text))
+
+
 def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower().lstrip(".") in SOURCE_IMAGE_EXTENSIONS
+    return path.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
 
 
 def folder_images(root: Path) -> list[Path]:
@@ -79,7 +86,11 @@ def folder_inputs(root: Path) -> Iterator[IndexInput]:
 
 
 def iter_inputs(images: str | os.PathLike) -> Iterator[IndexInput]:
-    """Every input of a folder or shard source, in a fixed order."""
+    """Every input of a folder, a single image file or a shard source, in a fixed order."""
+    if is_image_file(images):
+        path = local_path(str(images))
+        yield IndexInput(key=escape_name(path.stem), source=escape_name(path.name), path=path)
+        return
     if is_image_folder(images):
         yield from folder_inputs(local_path(str(images)))
         return
@@ -104,17 +115,29 @@ def shard_inputs(url: str) -> Iterator[IndexInput]:
 
 
 def check_source(images: str | os.PathLike) -> None:
-    """Refuse a folder with no image file in it (an index of nothing is a mistake), naming any tars found below it."""
+    """Refuse a folder with no image file in it (an index of nothing is a mistake), naming any tars found below it;
+    refuse a local file that is neither an image nor a tar, instead of reading it as a shard."""
+    text = str(images)
+    if is_local(text) and "::" not in text and local_path(text).is_file():
+        path = local_path(text)
+        if not (_is_image_name(path) or path.suffix.lower() == ".tar"):
+            formats = ", ".join(IMAGE_EXTENSIONS)
+            raise ValueError(
+                f"{path}: neither an image file ({formats}) nor a .tar shard; give an image, a folder or shards"
+            )
+        return
     if not is_image_folder(images) or folder_images(local_path(str(images))):
         return
     root = local_path(str(images))
     tars = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.tar"))[:3]
     hint = f"; it holds tar shards ({', '.join(tars)}): pass those as --images" if tars else ""
-    raise ValueError(f"{root}: no image files ({', '.join(SOURCE_IMAGE_EXTENSIONS)}) in this folder{hint}")
+    raise ValueError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in this folder{hint}")
 
 
 def count_inputs(images: str | os.PathLike) -> int | None:
     """How many inputs a folder holds (for the progress bar); None for shards, which would have to be read twice."""
+    if is_image_file(images):
+        return 1
     if not is_image_folder(images):
         return None
     files, skipped = walk_folder(local_path(str(images)))

@@ -24,6 +24,7 @@ import numpy as np
 from dcclip.io import atomic_dir, write_json_atomic
 from dcclip.runtime.bundle import MANIFEST_FILE, verify_bundle
 from dcclip.runtime.classifier import DEFAULT_TEMPLATES
+from dcclip.runtime.constants import BROWSER_IMAGE_EXTENSIONS
 from dcclip.runtime.tokenizer import TextTokenizer
 
 SOURCES = Path(__file__).resolve().parent / "web"
@@ -36,7 +37,7 @@ VENDOR_FILES = {
     "onnxruntime-web/dist/ort-wasm-simd-threaded.wasm": "ort-wasm-simd-threaded.wasm",
     "@huggingface/tokenizers/dist/tokenizers.min.mjs": "tokenizers.min.mjs",
 }
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
+IMAGE_SUFFIXES = tuple(f".{ext}" for ext in BROWSER_IMAGE_EXTENSIONS)  # images every browser shows
 NPM_HINT = "install Node.js 18+ with npm (Debian/Ubuntu: apt-get install nodejs npm; or https://nodejs.org)"
 CSP_MARKER = "Content-Security-Policy"
 
