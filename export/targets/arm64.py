@@ -205,6 +205,7 @@ def build_root(out: Path, suite: str, versions: dict[str, str], log=print) -> di
     log(f"arm64: root python {python}; downloading aarch64 wheels here, installing them in the root's venv")
     wheels = download_wheels(root / WHEELS.lstrip("/"), versions, python, root_glibc(root))
     install_venv(root, [f"{WHEELS}/{wheel.name}" for wheel in wheels])
+    shutil.rmtree(root / WHEELS.lstrip("/"))  # installed: the cache keeps their names, not 50 MB of zips
     return {"suite": suite, "python": python, "versions": versions, "wheels": sorted(w.name for w in wheels)}
 
 
