@@ -4,32 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import platform
 import sys
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from dcclip.runtime.timing import machine_facts
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> dict[str, Any]:
     """Where a figure was measured: CPU, cores, Python and library versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     versions = {}
     for package in ("torch", "onnxruntime", "timm", "transformers", "open_clip_torch", "webdataset", "numpy", "pillow"):
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions[package] = metadata.version(package)
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": sys.version.split()[0], "versions": versions}
+    facts = machine_facts()
+    return {"cpu": facts["cpu"], "cores": facts["cores"], "python": sys.version.split()[0], "versions": versions}
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table, write_result
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers.server_process import free_port, wait_healthy
 
 LABELS = ["cat", "dog", "car", "tree", "house", "red circle", "blue square", "green triangle", "bird", "boat"]
 LANGS = ["en", "zh", "ja", "ko", "fr", "de", "es", "ru", "ar", "hi"]
@@ -68,13 +70,6 @@ def sample_image() -> bytes:
     return buffer.getvalue()
 
 
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def rss_mb(pid: int) -> float:
     """Resident set size of a process in MiB, from /proc/PID/status."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -95,18 +90,7 @@ def start_server(bundle: Path, port: int, threads: int | None, log: Path) -> sub
 
 def wait_ready(url: str, process: subprocess.Popen, log: Path) -> None:
     """Poll /healthz until it answers (bounded in time), failing fast if the server died."""
-    import httpx
-
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise RuntimeError(f"server not ready after {STARTUP_SECONDS} s")
+    wait_healthy(url, process, log, STARTUP_SECONDS, interval=0.2)
 
 
 def stop(process: subprocess.Popen) -> None:

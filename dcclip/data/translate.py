@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from collections import Counter
@@ -26,6 +25,7 @@ from typing import Any, Protocol
 import torch
 
 from dcclip.data.langcodes import normalise_lang
+from dcclip.data.progress import progress_bar
 from dcclip.data.shards import (
     BUILDING_MARKER,
     MACHINE,
@@ -41,12 +41,12 @@ from dcclip.data.shards import (
 )
 from dcclip.data.sources import is_local, local_path, shard_name
 from dcclip.io import write_json_atomic
+from dcclip.runtime.optional import hf_offline, require
 
 log = logging.getLogger(__name__)
 
 SETTINGS_NAME = "translation.json"  # the run's settings, written first: a restart with other settings is refused
 COUNT_KEYS = ("samples", "missing_source", "unreadable")
-INSTALL_HINT = "pip install 'dcclip[train]'"
 
 # dcclip's ISO 639-1 codes -> FLORES-200 codes of NLLB (``LANG=CODE`` on the command line covers the rest).
 NLLB_CODES = {
@@ -257,11 +257,7 @@ def model_id(model: str) -> str:
 
 def import_transformers() -> Any:
     """transformers comes with the ``train`` extra; without it, say how to install it."""
-    try:
-        import transformers
-    except ImportError as exc:
-        raise ImportError(f"dcclip shards translate needs transformers: {INSTALL_HINT}") from exc
-    return transformers
+    return require("transformers", "dcclip shards translate")
 
 
 def load_config(model: str) -> Any:
@@ -275,8 +271,7 @@ def load_config(model: str) -> Any:
     except (OSError, ValueError) as exc:
         if path.is_dir():
             raise TranslateError(f"--model {model}: not a Hugging Face model directory ({exc})") from exc
-        offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
-        why = "the model hub is unreachable (HF_HUB_OFFLINE=1)" if offline else f"loading it failed ({exc})"
+        why = "the model hub is unreachable (HF_HUB_OFFLINE=1)" if hf_offline() else f"loading it failed ({exc})"
         raise TranslateError(
             f"--model {model}: not a local directory, not in the Hugging Face cache, and {why}. "
             f"Download it where the hub is reachable (`hf download {model} --local-dir DIR`) and pass --model DIR"
@@ -424,8 +419,7 @@ def translate_chunk(
             add_caption(samples[i]["__meta__"], lang, text, translator.model_id, source_lang)
             counts[f"machine:{lang}"] += 1
             changed.add(i)
-        if bar is not None:
-            bar.update(len(items))
+        bar.update(len(items))
     for i, sample in enumerate(samples):
         fields = fields_of(sample)
         if i in changed:  # untouched samples keep their json bytes exactly
@@ -473,12 +467,8 @@ def prepare_out_dir(out_dir: Path, record: dict[str, Any], is_main: bool) -> Non
 
 
 def progress(enabled: bool) -> Any:
-    """A tqdm bar counting captions (its rate is captions/s), or None."""
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(desc="translate", unit="caption", dynamic_ncols=True)
+    """A bar counting captions (its rate is captions/s); a silent one when off."""
+    return progress_bar(None, "translate", "caption", enabled, dynamic_ncols=True)
 
 
 # ---- the shard set -----------------------------------------------------------------------------------------------
@@ -500,11 +490,9 @@ def translate_shard_set(
     started = time.perf_counter()
     for done, (url, out) in enumerate(todo, 1):
         write_shard(out, translated_samples(url, translator, options, counts, bar))
-        if bar is not None:
-            bar.set_postfix_str(f"shard {done}/{len(todo)}")
+        bar.set_postfix_str(f"shard {done}/{len(todo)}")
     seconds = time.perf_counter() - started
-    if bar is not None:
-        bar.close()
+    bar.close()
     reduce = group.all_reduce_sum_int
     summary = run_summary(counts, record["langs"], seconds, len(urls), len(todo), len(mine) - len(todo), env, reduce)
     group.barrier()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import numpy as np
 
 from dcclip.eval.stats import ci_key, format_rate, mean_interval, rate_interval
 from dcclip.io import write_json_atomic
+from dcclip.runtime.timing import interleaved_ms
 
 SAMPLE_TEXT = "a small red star on the left and a large blue circle on the right"
 PROVIDERS = ("CPUExecutionProvider",)
@@ -30,32 +30,7 @@ TASKS = {  # eval summary key -> (short name, title)
 
 def median_ms(fn: Callable[[], Any], repeat: int = 30, warmup: int = 3) -> float:
     """Median wall time of ``fn`` in milliseconds after a warm-up."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
-def interleaved_ms(fns: dict[Any, Callable[[], Any]], repeat: int = 100, warmup: int = 3) -> dict[Any, list[float]]:
-    """Wall times in milliseconds of every function, taken in turns (one call each per round) after a warm-up.
-
-    Taking turns spreads a busy machine's slow moments over every model instead of charging them to whichever
-    model happened to be timed then: two identical graphs measure the same.
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[Any, list[float]] = {key: [] for key in fns}
-    for _ in range(repeat):
-        for key, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[key].append((time.perf_counter() - start) * 1000)
-    return times
+    return statistics.median(interleaved_ms({"fn": fn}, repeat, warmup)["fn"])
 
 
 def measure_speed_and_size(

@@ -40,6 +40,7 @@ from dcclip.runtime.manifest import (
     check_index_manifest,
     manifest_digest,
 )
+from dcclip.runtime.optional import INDEX_HINT, require
 from dcclip.runtime.prompts import PLACEHOLDER, checked_templates, class_embeddings, fill_templates
 
 __all__ = [
@@ -74,7 +75,7 @@ THUMB_MAX_SIDE = 160
 ANN_FILE = "ann.faiss"
 PARTS_DIR = ".parts"  # where an unfinished build keeps its finished parts (dcclip/search/build.py)
 ANN_KIND = "faiss-ivf"
-INSTALL_HINT = "pip install 'dcclip[index]'"
+INSTALL_HINT = INDEX_HINT
 QUERY_CHUNK = 64  # queries scored at once by exact search: bounds the [q, n] score matrix
 
 
@@ -185,11 +186,7 @@ def _best(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.n
 
 def import_faiss() -> Any:
     """The faiss module, or an ImportError saying how to install the ``index`` extra."""
-    try:
-        import faiss
-    except ImportError as exc:
-        raise ImportError(f"approximate search needs faiss: {INSTALL_HINT} (faiss-cpu)") from exc
-    return faiss
+    return require("faiss", "approximate search", f"{INSTALL_HINT} (faiss-cpu)")
 
 
 def ann_params(count: int) -> dict[str, int]:

@@ -20,6 +20,7 @@ from tokenizers import Tokenizer
 from dcclip.io import write_text_atomic
 from dcclip.runtime.constants import TOKENIZER_FILE
 from dcclip.runtime.errors import check_unicode
+from dcclip.runtime.optional import TRAIN_HINT, require
 
 __all__ = ["TOKENIZER_FILE", "TextTokenizer"]
 
@@ -29,7 +30,7 @@ PAD_TOKEN_NAMES = ("<pad>", "[PAD]", "<|pad|>", "<|endoftext|>")
 HF_CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 # A Hugging Face hub id: "name" or "org/name" made of letters, digits, '-', '_' and '.'.
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-INSTALL_HINT = "pip install 'dcclip[train]' (or: pip install transformers)"
+INSTALL_HINT = f"{TRAIN_HINT} (or: pip install transformers)"
 
 
 class TextTokenizer:
@@ -186,13 +187,10 @@ def _load_json(path: Path) -> Tokenizer:
 def _load_with_transformers(name: str, is_hub_id: bool) -> tuple[Tokenizer, str | None]:
     """Load a Hugging Face tokenizer (directory or cached hub id) with transformers, from local files only."""
     where = f"hub id {name!r}" if is_hub_id else f"directory {name}"
-    try:
-        from transformers import AutoTokenizer
-    except ImportError as error:
-        raise ImportError(f"loading the tokenizer from {where} needs transformers: {INSTALL_HINT}") from error
+    auto_tokenizer = require("transformers", f"loading the tokenizer from {where}", INSTALL_HINT).AutoTokenizer
     try:
         # local_files_only: never touch the network (a missing file otherwise costs ~46 s of retries).
-        hf_tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=True)
+        hf_tokenizer = auto_tokenizer.from_pretrained(name, local_files_only=True)
     except OSError as error:
         if is_hub_id:
             raise FileNotFoundError(

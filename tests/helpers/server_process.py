@@ -1,4 +1,5 @@
-"""A server subprocess on a free loopback port, shared by the HTTP tests and the browser tests."""
+"""A server subprocess on a free loopback port, shared by the HTTP tests, the browser tests and the serving
+benchmark (``wait_healthy``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import httpx
 
 STARTUP_SECONDS = 60
+LOG_TAIL = 5000  # characters of the server log an error shows
 
 
 def free_port() -> int:
@@ -18,6 +20,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_healthy(
+    url: str, process: subprocess.Popen, log: Path, seconds: float = STARTUP_SECONDS, interval: float = 0.1
+) -> None:
+    """Poll ``url``/healthz until it answers 200, failing fast (with the log's tail) if the server exits and after
+    ``seconds`` at the most; the one poller of the tests and the serving benchmark."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-LOG_TAIL:]}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(interval)
+    raise RuntimeError(f"server not ready after {seconds:g} s:\n{log.read_text()[-LOG_TAIL:]}")
 
 
 class ServerProcess:
@@ -34,16 +53,7 @@ class ServerProcess:
 
     def wait_ready(self) -> None:
         """Poll /healthz (bounded in time) until the server answers."""
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise RuntimeError(f"server not ready after {STARTUP_SECONDS} s:\n{self.log.read_text()}")
+        wait_healthy(self.url, self.process, self.log)
 
     def close(self) -> None:
         """Stop the server (terminate, then kill if it lingers)."""
