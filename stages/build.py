@@ -12,7 +12,7 @@ import torch
 
 from dcclip import __version__
 from dcclip import checkpoint as ckpt
-from dcclip.config import DataConfig, RunConfig, save_config, to_dict
+from dcclip.config import ConfigError, DataConfig, RunConfig, save_config, to_dict
 from dcclip.data.features import check_fingerprint, feature_fields, find_cached_features
 from dcclip.data.memory import MemoryLoader, decode_shard_set
 from dcclip.data.pipeline import ShardLoader, caption_format
@@ -59,6 +59,16 @@ def load_tokenizer(cfg: RunConfig, init: ckpt.Checkpoint | None) -> Any:
     raise ValueError("student.tokenizer is not set (train one with `dcclip tokenizer train`)")
 
 
+def _refuse_features_with_augment(cfg: RunConfig) -> None:
+    """Cached features describe the unaugmented image: with augmentation they would be computed and never used."""
+    where = f"data.features={cfg.data.features}" if cfg.data.features else f"teacher features in {cfg.data.train}"
+    raise ConfigError(
+        f"{where} with data.augment={cfg.data.augment}: cached features describe the unaugmented image, so an "
+        "augmented run cannot use them. Either keep the features and add data.augment=none, or drop data.features "
+        "(and use shards without features) so the teacher runs online on each augmented view"
+    )
+
+
 def teacher_side(cfg: RunConfig, needed: bool, init: ckpt.Checkpoint | None, device: Any) -> TeacherSide:
     """Cached features when the data has them (no teacher loaded), else the teacher itself, else the init's record."""
     if not needed:
@@ -66,9 +76,7 @@ def teacher_side(cfg: RunConfig, needed: bool, init: ckpt.Checkpoint | None, dev
         return TeacherSide(None, known.get("spec", ""), known.get("embed_dim", 0), None, None, None, None, [])
     cached = find_cached_features(cfg.data.train, cfg.data.features)
     if cached is not None and cfg.data.augment != "none":
-        log.info("data.augment=%s: the teacher runs online on each augmented view (cached features unused)",
-                 cfg.data.augment)  # fmt: skip
-        cached = None
+        _refuse_features_with_augment(cfg)
     if cached is not None:
         feature_dir, info = cached
         spec, text_spec, fmap = cfg.teacher.spec, cfg.teacher.text_spec, cfg.teacher.feature_map

@@ -7,6 +7,7 @@ a restarted run only does the rest. ``teacher.json`` records the teacher and its
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tempfile
 import time
@@ -95,11 +96,13 @@ def teacher_record(cfg: RunConfig, teacher: Any, with_fmap: bool, urls: list[str
     }
 
 
-def cache_features(cfg: RunConfig, out: str, env: DistEnv) -> dict[str, Any]:
+def cache_features(cfg: RunConfig, out: str, env: DistEnv, max_samples: int | None = None) -> dict[str, Any]:
     """Write feature shards for this rank's share of the data; rank 0 writes teacher.json and the manifest.
 
     ``out`` is a local folder or an fsspec URL (shards are written locally, then uploaded whole). A data shard that
-    cannot be read (after the remote retries) is logged, counted and left for the next run to redo.
+    cannot be read (after the remote retries) is logged, counted and left for the next run to redo. ``max_samples``
+    (a dry run) encodes at most that many samples over all ranks: the shards read so far, the last one cut short;
+    teacher.json records the limit and a later run into the same ``out`` must give the same one.
     """
     from tqdm import tqdm
 
@@ -107,6 +110,7 @@ def cache_features(cfg: RunConfig, out: str, env: DistEnv) -> dict[str, Any]:
 
     urls = shard_paths(cfg.data.train)
     _check_unique_names(urls)
+    _check_same_limit(out, max_samples)
     teacher = load_teacher(cfg.teacher.spec, cfg.teacher.text_spec, device=env.device)
     with_fmap = cfg.teacher.feature_map and teacher.fmap_channels is not None
     mine = urls[env.rank :: env.world_size]
@@ -116,9 +120,14 @@ def cache_features(cfg: RunConfig, out: str, env: DistEnv) -> dict[str, Any]:
     done = 0
     started = time.perf_counter()
     fmt = caption_format(cfg.data)
+    budget = -(-max_samples // env.world_size) if max_samples else None  # this rank's share, rounded up
     with OutputFolder(out) as folder:
         for url in tqdm(todo, desc="cache-teacher", unit="shard", disable=not env.is_main):
+            if budget is not None and done >= budget:
+                break
             samples = feature_samples(url, teacher, cfg.teacher.batch_size, with_fmap, skipped, env.device, fmt)
+            if budget is not None:
+                samples = itertools.islice(samples, budget - done)
             try:
                 done += folder.write_shard(shard_name(url), samples)
             except ShardError as exc:
@@ -129,8 +138,10 @@ def cache_features(cfg: RunConfig, out: str, env: DistEnv) -> dict[str, Any]:
         n_failed = all_reduce_sum_int(len(failed), env.device)
         barrier()
         if env.is_main and not n_failed:
-            folder.write_json(MANIFEST_NAME, feature_manifest(out, urls))
-            folder.write_json(TEACHER_JSON, teacher_json(teacher_record(cfg, teacher, with_fmap, urls)))
+            written = [u for u in urls if exists(join(out, shard_name(u)))] if max_samples else urls
+            folder.write_json(MANIFEST_NAME, feature_manifest(out, written))
+            record = teacher_record(cfg, teacher, with_fmap, written)
+            folder.write_json(TEACHER_JSON, teacher_json({**record, "max_samples": max_samples}))
     summary = {
         "out": str(out),
         "shards": len(urls),
@@ -145,6 +156,19 @@ def cache_features(cfg: RunConfig, out: str, env: DistEnv) -> dict[str, Any]:
     }
     log.info("cached teacher features: %s", summary)
     return summary
+
+
+def _check_same_limit(out: str, max_samples: int | None) -> None:
+    """A dry-run cache (--max-samples) is partial: a later run must not take it for a finished one, nor the reverse."""
+    path = join(out, TEACHER_JSON)
+    if not exists(path) or not is_local(path):
+        return
+    import json
+
+    earlier = json.loads(local_path(path).read_text(encoding="utf-8")).get("max_samples")
+    if earlier != max_samples:
+        said = f"--max-samples {earlier}" if earlier else "no --max-samples"
+        raise ValueError(f"{out} was cached with {said}; give the same, or write this run to a fresh --out")
 
 
 def _check_unique_names(urls: list[str]) -> None:
@@ -205,12 +229,12 @@ def feature_manifest(out: str, urls: list[str]) -> dict[str, Any]:
     return build_manifest(infos, [], {"kind": "teacher-features"})
 
 
-def run(cfg: RunConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Entry point of ``dcclip cache-teacher`` (one process or a torchrun rank)."""
+def run(cfg: RunConfig, out_dir: str | Path, max_samples: int | None = None) -> dict[str, Any]:
+    """Entry point of ``dcclip cache-teacher`` (one process or a torchrun rank); ``max_samples`` caps a dry run."""
     if not cfg.teacher.spec:
         raise ValueError("teacher.spec is not set: nothing to cache")
     env = init_distributed(cfg.train.device)
     try:
-        return cache_features(cfg, str(out_dir), env)
+        return cache_features(cfg, str(out_dir), env, max_samples)
     finally:
         shutdown_distributed()

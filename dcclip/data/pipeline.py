@@ -111,6 +111,17 @@ def merged_samples(pairs: Iterator[tuple[str, str | None]], stats: SkipStats) ->
 
 
 SKIPS_ONLY = "skips_only"  # a stream record that only reports skipped samples, not a batch
+NO_LANGUAGE = "one .txt caption and no 'captions' object"  # shards.parse_meta's reason for language-less captions
+NO_LANGUAGE_FIX = (
+    ". Single-language shards (img2dataset): add --caption-lang en (or --lang-field LANGUAGE) to the command, "
+    "or data.caption_lang=en / data.lang_field=LANGUAGE to the config"
+)
+
+
+def skip_kind(key: str, reason: str) -> str:
+    """A reason without the sample's own key, so every sample skipped for the same cause maps to one warning."""
+    text = reason.replace(f"sample {key}: ", "").replace(key, "KEY")
+    return NO_LANGUAGE if NO_LANGUAGE in text else text
 
 
 @dataclass
@@ -120,12 +131,20 @@ class SkipStats:
     count: int = 0
     keys: list[str] = field(default_factory=list)
     shards: list[str] = field(default_factory=list)  # URLs of shards that could not be read to the end
+    warned: set[str] = field(default_factory=set)  # reasons already logged: each is said once, then counted
 
     def record(self, key: str, reason: str) -> None:
+        """Count a skipped sample; its reason is logged the first time only (200 identical lines helped nobody)."""
         self.count += 1
         if len(self.keys) < 16:
             self.keys.append(key)
-        log.warning("skipping sample %s: %s", key, reason)
+        kind = skip_kind(key, reason)
+        if kind in self.warned:
+            log.debug("skipping sample %s: %s", key, reason)
+            return
+        self.warned.add(kind)
+        log.warning("skipping sample %s: %s%s (said once; later samples skipped for this reason are only counted)",
+                    key, reason, NO_LANGUAGE_FIX if kind == NO_LANGUAGE else "")  # fmt: skip
 
     def record_shard(self, url: str, exc: Exception) -> None:
         """A shard that failed (after its retries): counted as one skip, its URL kept for metrics.jsonl."""

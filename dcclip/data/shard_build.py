@@ -95,6 +95,7 @@ def build_shards(
     image_column: str = "image",
     progress: bool = True,
     lang_field: str = "",
+    max_samples: int | None = None,
 ) -> dict:
     """Write dcclip shards from a folder, CSV or JSONL of image-caption pairs, or any WebDataset; returns the manifest.
 
@@ -102,6 +103,8 @@ def build_shards(
     in the manifest's ``skipped`` with a reason; ``max_side`` shrinks larger images (aspect kept) to save space. A
     WebDataset source (``wds``: any shard source, local or remote) keeps dcclip captions as they are and reads a
     ``.txt`` caption as ``source_lang``, or as the language its ``.json`` field ``lang_field`` names.
+    ``max_samples`` stops after that many samples are written (a dry-run subset). A build that wrote no sample is
+    still returned (its manifest lists why); ``refuse_empty`` turns it into the error a command reports.
     """
     out_dir = Path(out_dir)
     if source_kind != "wds":
@@ -121,10 +124,24 @@ def build_shards(
     with ShardSetWriter(out_dir, max_count=max_count, max_size_mb=max_size_mb) as writer:
         for candidate in progress_bar(candidates, total, progress, "shards build"):
             _build_one(writer, candidate, max_side, accepted, categories)
+            if max_samples is not None and len(accepted) >= max_samples:
+                break
         manifest = writer.close(extra)
     _log_summary(manifest, categories, out_dir)
     _warn_stale_shards(out_dir, manifest)
     return manifest
+
+
+def refuse_empty(manifest: dict, src: Path | str, out_dir: Path) -> None:
+    """Zero usable samples is an error (ValueError): say why the first ones were skipped and where the list is."""
+    if manifest["samples"]:
+        return
+    skipped = manifest["skipped"]
+    if not skipped:
+        raise ValueError(f"{describe(src)}: no samples found; nothing was written")
+    reasons = "; ".join(f"{item['key']}: {item['reason']}" for item in skipped[:3])
+    more = f" (all {len(skipped)} listed in {out_dir / MANIFEST_NAME})" if len(skipped) > 3 else ""
+    raise ValueError(f"{describe(src)}: no usable sample, {len(skipped)} skipped: {reasons}{more}")
 
 
 def _check_source(source_kind: str, src: Path) -> None:
@@ -157,7 +174,25 @@ def _read_source(
             log.info("%s: caption columns %s", src, ", ".join(_language_columns(header, image_column)) or "(none)")
     else:
         rows = _jsonl_rows(src)
+    _refuse_urls(src, rows, image_column)
     return len(rows), (_table_candidate(src.parent, row, source_lang, wanted, image_column) for row in rows)
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _refuse_urls(src: Path, rows: list[_Row], image_column: str) -> None:
+    """Image URLs are not downloaded here: refuse up front, naming the first URL as written and img2dataset."""
+    for row in rows:
+        value = row.cells.get(image_column)
+        if isinstance(value, str) and _URL.match(value.strip()):
+            kind = "csv" if src.suffix.lower() == ".csv" else "jsonl"
+            raise ValueError(
+                f"{row.origin}: column {image_column!r} holds a URL ({value.strip()}); dcclip reads local image files "
+                f"and does not download. Fetch the images first with img2dataset (img2dataset --url_list {src} "
+                f"--input_format {kind} --url_col {image_column} --output_format webdataset --output_folder shards), "
+                f"then: dcclip shards build --from wds shards --out OUT --caption-lang LANG"
+            )
 
 
 def _build_one(
@@ -580,6 +615,11 @@ def _wds_candidates(source: str, fmt: CaptionFormat, langs: Sequence[str] | None
             yield _Candidate(key=shard_name(url), source=describe(url), problem=_Skip("unreadable shard", str(exc)))
 
 
+def _flag_names(reason: str) -> str:
+    """The reader's message names config keys; here the user typed flags, so name the flags."""
+    return reason.replace("data.caption_lang", "--caption-lang").replace("data.lang_field", "--lang-field")
+
+
 def _wds_candidate(sample: dict[str, Any], fmt: CaptionFormat, wanted: set[str] | None, origin: str) -> _Candidate:
     """One WebDataset sample as a candidate: its image bytes, its captions (in the wanted languages), its metadata."""
     cand = _Candidate(key=sample["__key__"], source=origin)
@@ -596,7 +636,7 @@ def _wds_candidate(sample: dict[str, Any], fmt: CaptionFormat, wanted: set[str] 
         meta = parse_meta(sample, fmt)
     except ShardError as exc:
         category = "unknown language" if "language code" in str(exc) else "no caption"
-        cand.problem = _Skip(category, str(exc).removeprefix(f"sample {cand.key}: "))
+        cand.problem = _Skip(category, _flag_names(str(exc).removeprefix(f"sample {cand.key}: ")))
         return cand
     captions = {lang: text for lang, text in meta["captions"].items() if wanted is None or lang in wanted}
     cand.captions = _clean_captions(captions, origin) if captions else {}

@@ -130,6 +130,9 @@ def inspect_shards(
                 seen += 1
         except (ShardError, OSError) as exc:
             errors.append(str(exc))
+    if not seen:  # nothing to describe is an error, never an empty table and exit 0
+        why = f": {errors[0]}" if errors else " (the tar files hold no samples)"
+        raise ValueError(f"{source}: not a readable shard set, no sample could be read{why}")
     result = _stats_dict(source, paths, seen, stats, errors)
     if contact_sheet is not None:
         render_contact_sheet([s for _, s in sorted(picks, key=lambda p: p[0])], Path(contact_sheet), fmt)

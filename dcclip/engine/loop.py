@@ -23,7 +23,7 @@ from dcclip import checkpoint as ckpt
 from dcclip.config import OptimConfig, TrainConfig
 from dcclip.engine.cpu_memory import keep_freed_memory
 from dcclip.engine.distributed import DistEnv, all_reduce_mean, all_reduce_sum_int, barrier
-from dcclip.engine.metrics import MetricsWriter, Throughput
+from dcclip.engine.metrics import MetricsWriter, Throughput, format_rate
 from dcclip.engine.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -289,7 +289,7 @@ def fit(task: nn.Module, loader: Any, spec: FitSpec, env: DistEnv) -> FitResult:
         if at_log:
             rate = meter.read() * env.world_size
             last_losses = trainer.log(losses, rate, all_reduce_sum_int(skipped, env.device))
-            progress.set_postfix(loss=f"{last_losses['loss']:.4f}", img_s=f"{rate:.0f}")
+            progress.set_postfix(loss=f"{last_losses['loss']:.4f}", img_s=format_rate(rate))
         progress.update(1)
         if at_ckpt:
             checkpoint_path = trainer.save() or checkpoint_path

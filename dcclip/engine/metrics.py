@@ -90,3 +90,10 @@ class Throughput:
         rate = self._n / max(now - self._t, 1e-9)
         self._t, self._n = now, 0
         return rate
+
+
+def format_rate(rate: float) -> str:
+    """A throughput with two significant figures (0.87, 12, 1300): '{:.0f}' showed 0.87 img/s as 1."""
+    if rate <= 0 or rate != rate:  # zero, negative or NaN: nothing to round
+        return "0"
+    return f"{float(f'{rate:.2g}'):g}" if rate < 1e5 else f"{rate:.2g}"

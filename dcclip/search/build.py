@@ -123,10 +123,12 @@ def build_index(
     progress: bool = True,
     ann: bool = False,
     part_inputs: int = PART_INPUTS,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Embed every image of a folder or shard source into a new index at ``out``; resumes an unfinished build.
 
-    Returns a summary: index, count, added, skipped, already_indexed, resumed (inputs an earlier run embedded), seconds,
+    ``images`` is a folder, one image file or a shard source; ``threads`` sets onnxruntime's intra-op threads. Returns a
+    summary: index, count, added, skipped, already_indexed, resumed (inputs an earlier run embedded), seconds,
     images_per_s, ann.
     """
     out = Path(out)
@@ -142,7 +144,7 @@ def build_index(
         raise SearchIndexError(str(exc)) from exc
     if ann:
         import_faiss()  # fail before hours of embedding, not after
-    model = BundleModel(bundle, precision, max_batch_size=batch_size)
+    model = BundleModel(bundle, precision, max_batch_size=batch_size, intra_op_num_threads=threads)
     base = Base(np.zeros((0, model.embed_dim), np.float16))
     return index_images(out, model, images, base, ann, batch_size, progress, part_inputs)
 
@@ -156,6 +158,7 @@ def add_to_index(
     progress: bool = True,
     ann: bool | None = None,
     part_inputs: int = PART_INPUTS,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Append the images of ``images`` not yet in the index (by source) after its last id; resumable like a build.
 
@@ -172,7 +175,8 @@ def add_to_index(
     ann = bool(manifest.get("ann")) if ann is None else ann
     if ann:
         import_faiss()
-    model = BundleModel(index_bundle(index_dir, manifest, bundle), precision, max_batch_size=batch_size)
+    bundle_dir = index_bundle(index_dir, manifest, bundle)
+    model = BundleModel(bundle_dir, precision, max_batch_size=batch_size, intra_op_num_threads=threads)
     check_bundle(model, manifest, index_dir)
     base = read_base(index_dir, manifest)
     return index_images(index_dir, model, images, base, ann, batch_size, progress, part_inputs)

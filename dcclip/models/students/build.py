@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from dcclip.models.students.arch import (
 )
 from dcclip.models.students.modules import LOGIT_SCALE_INIT, ImageStudent, Student, TextStudent
 from dcclip.runtime.preprocess import Preprocess
+
+log = logging.getLogger(__name__)
 
 
 def _create_trunk(image: Mapping[str, Any], pretrained: bool, source: str) -> nn.Module:
@@ -119,7 +122,22 @@ def build_student(
     resolved = resolve_arch(cfg, source, embed_dim, fmap_channels, fmap_grid, vocab_size, pad_id)
     image = _build_image(resolved, pretrained, source)
     text = _build_text(resolved, load_weights=True)
+    _log_text_cost(text, resolved["text"].get("vocab_size") or 0)
     return Student(image, text, resolved, logit_scale_init)
+
+
+def _log_text_cost(text: nn.Module, vocab_size: int) -> None:
+    """Say what the tokenizer costs: a 250k-piece vocabulary makes the token table most of the text tower."""
+    params = _numel(text)
+    table = next((m.weight.numel() for m in text.modules() if isinstance(m, nn.Embedding)), 0)  # token embeddings
+    share = table / params if params else 0.0
+    line = "text tower: %.1fM parameters (%.0f MB fp32), %.0f%% of them the token table of a %d-piece vocabulary"
+    args = (params / 1e6, params * 4 / 2**20, 100 * share, vocab_size)
+    if share > 0.5 and vocab_size > 64000:
+        log.warning(line + "; a tokenizer trained on your shards' languages (dcclip tokenizer train --vocab-size "
+                    "32000) shrinks it", *args)  # fmt: skip
+    else:
+        log.info(line, *args)
 
 
 def rebuild_student(arch: Mapping[str, Any]) -> Student:
