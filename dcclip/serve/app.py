@@ -17,6 +17,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image
 
 from dcclip import __version__
+from dcclip.runtime.classifier import default_templates
 from dcclip.serve.errors import ApiError, install_error_handlers
 from dcclip.serve.forms import PartLimits, media_type, parse_classify, read_form, read_images
 from dcclip.serve.limits import ServeLimits, ServeSettings
@@ -44,11 +45,13 @@ from dcclip.serve.search import (
     thumbnail_response,
 )
 from dcclip.serve.service import Service, info_manifest
+from dcclip.serve.ui import docs_router
 from dcclip.serve.ui import router as ui_router
 
 __all__ = ["app_from_env", "create_app"]
 
 router = APIRouter()
+DEFAULT_TEMPLATES_NAME = "default"  # /v1/search templates ["default"]: the language's built-in ones (as the CLI's)
 
 
 def get_service(request: Request) -> Service:
@@ -139,9 +142,17 @@ async def search(body: SearchRequest, request: Request) -> JSONResponse:
     service = get_service(request)
     index = loaded_index(request)
     check_search(body, service.limits, service.classifier.languages)
+    body = with_default_templates(body)
     k = search_k(body, service.limits)
     hits = await service.run(run_search, service.classifier.model, index, body, k)
     return JSONResponse({"lang": body.lang.strip(), "k": k, "hits": [hit_body(hit) for hit in hits]})
+
+
+def with_default_templates(body: SearchRequest) -> SearchRequest:
+    """templates ["default"] -> the language's built-in prompt templates (as `dcclip search --templates default`)."""
+    if body.templates != [DEFAULT_TEMPLATES_NAME]:
+        return body
+    return body.model_copy(update={"templates": list(default_templates(body.lang.strip()))})
 
 
 @router.get(
@@ -195,13 +206,15 @@ def create_app(
     limits = limits or ServeLimits()
     # Any Image.open in this process (not only ours) now refuses bombs: PIL errors above twice this many pixels.
     Image.MAX_IMAGE_PIXELS = limits.max_image_pixels
-    app = FastAPI(title="dcclip", version=__version__, description=api_description())
+    # FastAPI's /docs and /redoc load their scripts from a CDN: blank offline. The package serves its own /docs.
+    app = FastAPI(title="dcclip", version=__version__, description=api_description(), docs_url=None, redoc_url=None)
     app.state.service = Service(Path(bundle), limits, precision, threads, allow_unsealed)
     app.state.index = open_index(Path(index), app.state.service.manifest) if index is not None else None
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_request_bytes)
     app.add_middleware(ErrorGuardMiddleware)  # added last: outermost of ours
     app.include_router(router)
+    app.include_router(docs_router)
     if ui:
         app.include_router(ui_router)
     return app

@@ -18,6 +18,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
 from dcclip.runtime.classifier import default_templates
+from dcclip.runtime.labels import split_labels
 from dcclip.runtime.prompts import PLACEHOLDER
 from dcclip.serve.errors import ApiError
 from dcclip.serve.limits import ServeLimits
@@ -209,10 +210,11 @@ def _check_lengths(items: list[str], name: str, limits: ServeLimits) -> None:
 
 
 def parse_labels(values: list[str], limits: ServeLimits) -> list[str]:
-    """Labels from one comma-separated string, one JSON list, or one label per repeated field; blanks dropped."""
+    """Labels from one string (split by dcclip.runtime.labels: commas of any script, newlines), one JSON list, or one
+    label per repeated field; blanks dropped."""
     if len(values) == 1:
         single = values[0].strip()
-        raw = _json_list(single, "labels", "invalid_label") if single.startswith("[") else single.split(",")
+        raw = _json_list(single, "labels", "invalid_label") if single.startswith("[") else split_labels(single)
     else:
         raw = values
     labels = [label.strip() for label in raw if label.strip()]

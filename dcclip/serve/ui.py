@@ -17,7 +17,15 @@ from fastapi.responses import Response
 
 from dcclip.serve.errors import ApiError
 
-__all__ = ["ASSETS", "CONTENT_SECURITY_POLICY", "SECURITY_HEADERS", "STATIC_DIR", "router", "security_headers"]
+__all__ = [
+    "ASSETS",
+    "CONTENT_SECURITY_POLICY",
+    "SECURITY_HEADERS",
+    "STATIC_DIR",
+    "docs_router",
+    "router",
+    "security_headers",
+]
 
 STATIC_DIR = Path(__file__).with_name("static")
 # URL name -> (file in STATIC_DIR, media type); the page's only files.
@@ -26,6 +34,8 @@ ASSETS: dict[str, tuple[str, str]] = {
     "style.css": ("style.css", "text/css; charset=utf-8"),
 }
 PAGE = ("index.html", "text/html; charset=utf-8")
+DOCS_PAGE = ("docs.html", "text/html; charset=utf-8")
+DOCS_SCRIPT = ("docs.js", "text/javascript; charset=utf-8")
 
 CONTENT_SECURITY_POLICY = "; ".join(
     [
@@ -48,6 +58,7 @@ SECURITY_HEADERS = {
 }
 
 router = APIRouter()
+docs_router = APIRouter()  # /docs is served with or without --no-ui: it is the API's own documentation
 
 
 def security_headers() -> dict[str, str]:
@@ -55,7 +66,7 @@ def security_headers() -> dict[str, str]:
     return dict(SECURITY_HEADERS)
 
 
-@lru_cache(maxsize=len(ASSETS) + 1)
+@lru_cache(maxsize=len(ASSETS) + 3)
 def read_asset(name: str) -> bytes:
     """A static file's bytes, read once per process (the files are part of the installed package)."""
     return (STATIC_DIR / name).read_bytes()
@@ -70,6 +81,18 @@ def asset_response(name: str, media_type: str) -> Response:
 async def page() -> Response:
     """The single page (classify and search tabs)."""
     return asset_response(*PAGE)
+
+
+@docs_router.get("/docs", include_in_schema=False)
+async def docs_page() -> Response:
+    """The API docs, rendered in the browser from /openapi.json by a packaged script (no CDN: works offline)."""
+    return asset_response(*DOCS_PAGE)
+
+
+@docs_router.get("/docs.js", include_in_schema=False)
+async def docs_script() -> Response:
+    """The script of /docs (apart from /static, which --no-ui turns off with the page)."""
+    return asset_response(*DOCS_SCRIPT)
 
 
 @router.get("/static/{name}", include_in_schema=False)

@@ -8,8 +8,10 @@
 
 const THUMB_PATH = /^\/v1\/index\/thumbs\/[0-9]+$/;
 // Label separators: ASCII comma, newline, and the commas of CJK and Arabic text, so labels typed in any script
-// split the way their writer expects.
+// split the way their writer expects. The one rule of dcclip.runtime.labels (the CLI and /v1/classify use it);
+// tests/browser/test_page_labels.py checks both give the same labels.
 const LABEL_SEPARATORS = /[,\n\r\uFF0C\u3001\u060C]+/;
+const DEFAULT_TEMPLATES = "default"; // /v1/search: the language's built-in prompt templates
 const MULTIPART_PART_BYTES = 512; // headers of one multipart part, counted when sizing a request before sending
 
 const state = {
@@ -364,7 +366,12 @@ function resultCard(result, image) {
   const title = el("div", "result-title");
   title.append(el("h3", "result-name", result.filename || (image && image.file.name) || "image"));
   const top = result.predictions[0];
-  if (top) title.append(el("p", "result-top", `${top.label} · ${percent(top.probability)}`));
+  if (top) {
+    // The label is isolated (<bdi>): an Arabic or Hebrew label must not reorder the percentage around it.
+    const line = el("p", "result-top");
+    line.append(el("bdi", "", top.label), ` · ${percent(top.probability)}`);
+    title.append(line);
+  }
   head.append(title);
   const list = el("ol", "predictions");
   list.append(...result.predictions.map(predictionRow));
@@ -378,7 +385,8 @@ function percent(probability) {
 
 function predictionRow(prediction, rank) {
   const row = el("li", rank === 0 ? "prediction top" : "prediction");
-  const label = el("span", "label", prediction.label);
+  const label = el("bdi", "label", prediction.label); // isolated: right-to-left labels keep the row's order
+  label.dir = "auto";
   label.title = prediction.label;
   const value = el("span", "pct", percent(prediction.probability));
   const bar = el("span", "bar");
@@ -409,7 +417,14 @@ function searchRequest() {
   if (maxK && Number(k) > maxK) return { problem: `The server returns at most ${maxK} images per search.` };
   const body = { text, lang: byId("search-lang").value, k: Number(k) };
   if (templates.length) body.templates = templates;
+  else if (byId("search-lang-templates").checked) body.templates = [DEFAULT_TEMPLATES];
   return { body };
+}
+
+/** No hits on screen: a failed or refused search must not leave the previous answer looking like its own. */
+function clearHits() {
+  byId("search-summary").textContent = "";
+  byId("hits").replaceChildren();
 }
 
 async function onSearch(event) {
@@ -417,6 +432,7 @@ async function onSearch(event) {
   showMessage("search-message", "");
   const request = searchRequest();
   if (request.problem) {
+    clearHits();
     showMessage("search-message", request.problem);
     return;
   }
@@ -430,6 +446,7 @@ async function onSearch(event) {
     });
     renderHits(answer.hits, request.body.text);
   } catch (error) {
+    clearHits();
     showMessage("search-message", problemText(error));
   } finally {
     setBusy(button, false, "Search");
@@ -453,7 +470,8 @@ function hitItem(hit) {
   img.alt = hit.key;
   img.loading = "lazy";
   const caption = el("div", "hit-caption");
-  const key = el("span", "hit-key", hit.key);
+  const key = el("bdi", "hit-key", hit.key);
+  key.dir = "auto";
   key.title = hit.key;
   caption.append(key, el("span", "hit-score", Number(hit.score).toFixed(3)));
   item.append(img, caption);
