@@ -11,11 +11,7 @@ from pathlib import Path
 
 import pytest
 from helpers.data import CAPTIONS, write_shard_set
-from helpers.images import jpeg_bytes
-from helpers.threads import one_torch_thread, torch_threads
-
-# Fixtures are found by name here; the helpers stay importable from conftest for test files not yet moved to helpers.
-__all__ = ["CAPTIONS", "jpeg_bytes", "one_torch_thread", "torch_threads", "write_shard_set"]
+from helpers.threads import one_torch_thread  # noqa: F401 - a fixture: pytest finds fixtures by name here
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import logging
 from pathlib import Path
 
 import pytest
+from helpers.serve_bundles import onnx_bundle
 from PIL import Image
-from serve_bundles import onnx_bundle
 
 import dcclip.runtime.bundle as runtime_bundle
 from dcclip.runtime.bundle import MANIFEST_DIGEST_KEY, load_bundle_model, seal_manifest

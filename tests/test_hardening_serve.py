@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from helpers.serve_bundles import onnx_bundle
+from helpers.server_process import STARTUP_SECONDS, free_port
 from PIL import Image
-from serve_bundles import onnx_bundle
-from server_process import STARTUP_SECONDS, free_port
 
 from dcclip.serve.limits import ServeLimits
 

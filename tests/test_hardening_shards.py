@@ -15,7 +15,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import jpeg_bytes, write_shard_set
+from helpers.data import write_shard_set
+from helpers.images import jpeg_bytes
 
 from dcclip.data.shard_build import build_shards
 from dcclip.data.shard_inspect import inspect_shards
@@ -166,7 +167,7 @@ def test_the_member_limit_is_documented_and_can_be_changed(tmp_path, monkeypatch
 
 
 def test_tar_member_names_that_are_not_utf8_do_not_abort_a_build(tmp_path):
-    from serve_bundles import onnx_bundle
+    from helpers.serve_bundles import onnx_bundle
 
     from dcclip.search.build import build_index
 
@@ -280,7 +281,7 @@ def test_links_and_special_files_in_an_image_folder_are_not_followed_and_every_o
 
 
 def test_index_build_out_an_existing_file_is_a_one_line_error(tmp_path, capsys):
-    from serve_bundles import onnx_bundle
+    from helpers.serve_bundles import onnx_bundle
 
     from dcclip.cli import main
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import write_shard_set
-from serve_bundles import student_bundle
+from helpers.data import write_shard_set
+from helpers.serve_bundles import student_bundle
 
 from dcclip.export.card import CARD_FILE, NOT_MEASURED, card_from_manifest, render_card, update_card
 from dcclip.runtime.bundle import BundleIntegrityError, load_bundle_model, verify_bundle

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from serve_bundles import student_bundle
+from helpers.serve_bundles import student_bundle
 
 from dcclip.runtime.bundle import MANIFEST_FILE, BundleError, BundleIntegrityError
 

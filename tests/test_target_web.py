@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from serve_bundles import onnx_bundle
+from helpers.serve_bundles import onnx_bundle
 
 from dcclip.export.targets import build_target, web
 from dcclip.runtime.bundle import verify_bundle
