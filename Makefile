@@ -27,7 +27,7 @@ test-fast: $(STAMP)
 	$(VENV)/bin/pytest -q -m "not slow" --durations=10
 
 # The web page in a real headless Chromium against a real `dcclip serve` on loopback. Debian's chromium and
-# chromium-driver come from apt when missing (plus a CJK font for the screenshots); selenium drives them by path, so
+# chromium-driver come from apt when missing (plus fonts for every built-in script); selenium drives them by path, so
 # nothing downloads a browser at run time. Screenshots stay in the tests' tmp dirs.
 test-browser: $(BROWSER_STAMP) browser-tools
 	$(VENV)/bin/pytest -q tests/browser
@@ -38,10 +38,11 @@ screenshot: $(BROWSER_STAMP) browser-tools
 
 browser-tools:
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || ! command -v npm >/dev/null \
-	    || ! fc-list :lang=zh 2>/dev/null | grep -q .; then \
+	    || ! fc-list :lang=zh 2>/dev/null | grep -q . || ! fc-list :lang=hi 2>/dev/null | grep -q . \
+	    || ! fc-list :lang=ko 2>/dev/null | grep -q . || ! fc-list :lang=ar 2>/dev/null | grep -q .; then \
 	  SUDO=$$(test "$$(id -u)" -eq 0 || echo sudo); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends \
-	    chromium chromium-driver fonts-wqy-microhei nodejs npm; \
+	    chromium chromium-driver fonts-dejavu-core fonts-wqy-microhei fonts-lohit-deva fonts-nanum nodejs npm; \
 	fi
 
 $(BROWSER_STAMP): $(STAMP)
