@@ -97,7 +97,7 @@ from dcclip.export.targets.arm64_run import (  # noqa: F401 - the parts of the s
     run_x86,
     write_spec,
 )
-from dcclip.io import atomic_dir, write_json_atomic
+from dcclip.io import atomic_dir, remove_stale_temps, write_json_atomic
 
 # ------------------------------------------------------------------------------------------------ host checks
 
@@ -201,6 +201,7 @@ def ensure_root(
     final = cache_dir / cache_key(suite, versions)
     check_host()
     with _locked(cache_dir / f".{final.name}.lock"):
+        remove_stale_temps(final)  # a killed build's half root (its process gone) is removed, reused or not
         if (final / "cache.json").is_file():
             return CachedRoot(final, json.loads((final / "cache.json").read_text("utf-8")), built=False)
         started = time.monotonic()

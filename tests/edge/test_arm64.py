@@ -66,8 +66,9 @@ def test_a_failed_or_killed_build_leaves_no_cache(monkeypatch, tmp_path):
     built = arm64.ensure_root(tmp_path, "trixie", versions, log=lambda _: None)
     assert built.built and (tmp_path / key / "cache.json").is_file()
     monkeypatch.setattr(arm64, "build_root", failing)  # a finished cache is reused, never rebuilt
+    (killed / "root").mkdir(parents=True)  # and a half root killed meanwhile is removed on reuse too
     again = arm64.ensure_root(tmp_path, "trixie", versions, log=lambda _: None)
-    assert not again.built and again.info["python"] == "3.13"
+    assert not again.built and again.info["python"] == "3.13" and not killed.exists()
 
 
 # ------------------------------------------------------------------------------------------------ emulated runs
