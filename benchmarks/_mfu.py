@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from dcclip.runtime.timing import interleaved_ms
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -167,18 +169,8 @@ def interleaved_seconds(
     fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, device: str | torch.device = "cpu"
 ) -> dict[str, float]:
     """Median seconds of each variant, timed in alternation (A B A B ...) so load from neighbours hits all alike."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    times = interleaved_ms(fns, repeat=repeats, warmup=warmup, sync=lambda: sync(device))
+    return {name: statistics.median(values) / 1000 for name, values in times.items()}
 
 
 def load_average() -> float:

@@ -10,7 +10,6 @@ AND its top-1 agreement with fp32 clears the bar. The manifest records the timin
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -22,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 
 from dcclip.runtime.bundle import IMAGE_INPUT, TEXT_INPUTS, make_session_options
+from dcclip.runtime.timing import machine_facts
 
 __all__ = [
     "AUTO_MIN_SPEEDUP",
@@ -34,6 +34,7 @@ __all__ = [
     "onnx_timer",
     "time_towers",
     "timing_feeds",
+    "timing_machine",
 ]
 
 AUTO_MIN_SPEEDUP = 1.1  # int8 must beat fp32 by this factor at every timed batch: a smaller gain is timing noise
@@ -91,28 +92,13 @@ def onnx_timer(plan: TimingPlan) -> Timer:
     return run
 
 
-def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    try:
-        for line in cpuinfo.read_text("utf-8", errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Model", "Hardware") and value.strip():
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
+def timing_machine(threads: int) -> dict[str, Any]:
+    """The machine the timings were taken on (runtime's machine facts, plus threads and onnxruntime): they hold for
+    it, not for the edge device the bundle goes to."""
+    return {**machine_facts(), "threads": threads, "onnxruntime": ort.__version__}
 
 
-def machine_info(threads: int) -> dict[str, Any]:
-    """The machine the timings were taken on: they hold for it, not for the edge device the bundle goes to."""
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "threads": threads,
-        "onnxruntime": ort.__version__,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
+machine_info = timing_machine  # the name export/bundle.py imports
 
 
 def timing_feeds(

@@ -33,19 +33,9 @@ FACTS = {
 }
 # (fact, module) -> the change its owner has to make
 PENDING = {
-    ("tokenizer file name", "dcclip/models/students/checkpoint.py"): "import TOKENIZER_FILE (runtime/constants)",
     ("tokenizer file name", "stages/build.py"): "import TOKENIZER_FILE (runtime/constants)",
-    ("tokenizer file name", "export/targets/web.py"): "import TOKENIZER_FILE (runtime/constants)",
-    ("tokenizer file name", "dcclip/demo/run.py"): "import TOKENIZER_FILE (runtime/constants)",
-    ("logit-scale cap", "dcclip/demo/teacher.py"): "clamp(max=LOGIT_SCALE_MAX) (runtime/constants)",
     ("image extensions", "dcclip/data/shard_build.py"): "SOURCE_IMAGE_EXTENSIONS = IMAGE_EXTENSIONS (runtime)",
-    ("image extensions", "dcclip/eval/datasets.py"): "SHARD/IMAGE_EXTENSIONS from runtime/constants",
-    ("optional import with a hint", "dcclip/models/students/arch.py"): "runtime.optional.require",
-    ("optional import with a hint", "dcclip/models/teachers/hub.py"): "runtime.optional.require",
-    ("hub offline check", "dcclip/models/teachers/hub.py"): "runtime.optional.hf_offline",
     ("progress bar", "dcclip/search/build.py"): "data.progress.progress_bar",
-    ("progress bar", "dcclip/eval/embedding.py"): "data.progress.progress_bar",
-    ("machine info", "export/precision.py"): "runtime.timing.cpu_model / machine_facts",
 }
 
 

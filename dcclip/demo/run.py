@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dcclip.io import write_json_atomic
+from dcclip.runtime.constants import TOKENIZER_FILE
 
 STATE_FILE = "steps.json"
 EVAL_SETS = ("shapes", "digits")
@@ -158,7 +159,7 @@ def run_config(s: DemoSettings, name: str, out: Path, steps: int, extra: list[st
     overrides = [
         f"data.train={p['world'] / 'train'}",
         f"teacher.spec={teacher_spec(s)}",
-        f"student.tokenizer={p['tokenizer'] / 'tokenizer.json'}",
+        f"student.tokenizer={p['tokenizer'] / TOKENIZER_FILE}",
         f"train.out_dir={out}",
         f"train.steps={steps}",
         f"train.seed={s.seed}",

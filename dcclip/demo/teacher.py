@@ -35,6 +35,7 @@ from dcclip.config import DataConfig, OptimConfig, TrainConfig
 from dcclip.data.augment import warp
 from dcclip.io import atomic_path, write_text_atomic
 from dcclip.losses import contrastive_loss
+from dcclip.runtime.constants import LOGIT_SCALE_MAX
 from dcclip.runtime.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ class LockedImageTextTask(nn.Module):
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         image = self.image_embeddings(batch)
         text = self.student.encode_text(batch["input_ids"])
-        scale = self.student.logit_scale.exp().clamp(max=100.0)
+        scale = self.student.logit_scale.exp().clamp(max=LOGIT_SCALE_MAX)
         # Identical captions in a batch need no special targets: their logits are identical rows, so CLIP's loss
         # already equals the loss with both pairs counted as positives.
         loss = contrastive_loss(image, text, batch["caption_image"], scale)

@@ -32,6 +32,7 @@ from PIL import Image
 
 from dcclip.data.shards import iter_tar_samples
 from dcclip.data.sources import RemoteOptions, describe, is_local, join, read_bytes
+from dcclip.runtime.constants import IMAGE_EXTENSIONS, SHARD_IMAGE_EXTENSIONS
 from dcclip.runtime.preprocess import decode_image
 from dcclip.runtime.prompts import PLACEHOLDER
 
@@ -57,9 +58,10 @@ TEMPLATES_JSON = "templates.json"
 DATASET_TYPE = "dataset_type.txt"
 NSHARDS = "nshards.txt"
 ATTRIBUTES_JSON = "class_attributes.json"  # optional: {attribute: [value of each class]}, e.g. colour, shape
-# clip_benchmark's order of preference when a sample holds several image fields.
-WDS_IMAGE_FIELDS = ("webp", "png", "jpg", "jpeg")
-IMAGEFOLDER_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# The shard image fields in clip_benchmark's order of preference (webp, png, jpg, jpeg) when a sample holds several.
+_WDS_FIRST = ("webp", "png")
+WDS_IMAGE_FIELDS = (*_WDS_FIRST, *(ext for ext in SHARD_IMAGE_EXTENSIONS if ext not in _WDS_FIRST))
+IMAGEFOLDER_SUFFIXES = tuple(f".{ext}" for ext in IMAGE_EXTENSIONS)
 DEFAULT_TEMPLATES = ("a photo of a {c}.",)  # CLIP's plain prompt, used only when a set ships no templates at all
 
 

@@ -15,38 +15,23 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
+from dcclip.data.progress import progress_bar
 from dcclip.data.shards import chunked
 from dcclip.eval import distributed
 from dcclip.eval.datasets import DatasetError
 from dcclip.eval.models import EmbeddingModel, batches
 from dcclip.runtime.prompts import l2_normalize
 
-__all__ = ["ImageEmbeddings", "embed_image_entries", "embed_image_stream", "embed_texts", "progress_bar"]
+__all__ = ["ImageEmbeddings", "embed_image_entries", "embed_image_stream", "embed_texts"]
 
 log = logging.getLogger(__name__)
 Item = TypeVar("Item")
 ImageEntry = tuple[Callable[[], Image.Image], str]  # (opens the image, names the sample in messages)
 
 
-class _NoBar:
-    """Stands in for tqdm when progress is off or tqdm is not installed."""
-
-    def update(self, n: int = 1) -> None:
-        """Ignore progress."""
-
-    def close(self) -> None:
-        """Nothing to close."""
-
-
-def progress_bar(total: int | None, desc: str, enabled: bool) -> Any:
+def _main_rank_bar(total: int | None, desc: str, enabled: bool) -> Any:
     """A tqdm bar (to stderr) when enabled, tqdm is installed and this is rank 0, else a no-op bar."""
-    if not enabled or not distributed.is_main():
-        return _NoBar()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, desc=desc, unit="item", leave=False, dynamic_ncols=True)
+    return progress_bar(total, desc, "item", enabled and distributed.is_main(), leave=False, dynamic_ncols=True)
 
 
 def _checked(embeddings: np.ndarray, expected_rows: int, what: str, name: str) -> np.ndarray:
@@ -85,7 +70,7 @@ def embed_texts(
     model: EmbeddingModel, texts: Sequence[str], batch_size: int = 64, progress: bool = False, desc: str = ""
 ) -> np.ndarray:
     """Texts -> L2-normalised float32 [N, D], in batches with a progress bar (dealt across torchrun ranks)."""
-    bar = progress_bar(len(texts), desc or f"{model.name}: texts", progress)
+    bar = _main_rank_bar(len(texts), desc or f"{model.name}: texts", progress)
     try:
         chunks = _with_progress(batches(list(texts), batch_size), bar)
         parts = distributed.deal(chunks, lambda chunk: _embed_text_batch(model, chunk))
@@ -135,7 +120,7 @@ def embed_image_entries(
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    bar = progress_bar(total, desc or f"{model.name}: images", progress)
+    bar = _main_rank_bar(total, desc or f"{model.name}: images", progress)
     try:
         chunks = _with_progress(chunked(enumerate(entries), batch_size), bar)
         done = distributed.deal(chunks, lambda chunk: _embed_image_batch(model, chunk))

@@ -24,7 +24,7 @@ import numpy as np
 from dcclip.io import atomic_dir, write_json_atomic
 from dcclip.runtime.bundle import MANIFEST_FILE, verify_bundle
 from dcclip.runtime.classifier import DEFAULT_TEMPLATES
-from dcclip.runtime.constants import BROWSER_IMAGE_EXTENSIONS
+from dcclip.runtime.constants import BROWSER_IMAGE_EXTENSIONS, TOKENIZER_FILE
 from dcclip.runtime.tokenizer import TextTokenizer
 
 SOURCES = Path(__file__).resolve().parent / "web"
@@ -100,7 +100,7 @@ def page_config(bundle: Path, manifest: dict[str, Any], index: dict[str, Any] | 
     default = recommended.get("image") if recommended.get("image") == recommended.get("text") else None
     return {
         "templates": {lang: list(DEFAULT_TEMPLATES.get(lang, ("{c}",))) for lang in dict.fromkeys(languages)},
-        "pad_id": TextTokenizer.from_path(bundle / "tokenizer.json").pad_id,
+        "pad_id": TextTokenizer.from_path(bundle / TOKENIZER_FILE).pad_id,
         "precisions": list(manifest["precisions"]),
         "default_precision": default or "fp32",
         "resample_order": pillow_pass_order(),

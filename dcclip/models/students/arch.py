@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import copy
 import difflib
-import importlib
 import json
 import numbers
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from dcclip.models.registry import get_model_config, model_config_path
+from dcclip.runtime.optional import require as require_optional
 from dcclip.runtime.preprocess import INTERPOLATIONS, RESIZE_MODES, Preprocess
 
 TEXT_ARCHS = ("bert", "xlm-roberta")
 POOLINGS = ("mean", "cls")
-INSTALL_HINT = "pip install 'dcclip[train]'"
 
 TOP_FIELDS = frozenset({"embed_dim", "image", "text", "description"})
 IMAGE_FIELDS = frozenset({"timm_model", "timm_kwargs", "image_size", "mean", "std", "resize_mode", "interpolation"})
@@ -56,12 +56,8 @@ def family_of_type(model_type: str) -> str:
     return TEXT_FAMILIES.get(model_type, model_type)
 
 
-def require(name: str) -> Any:
-    """Import an optional training dependency with an install hint."""
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:
-        raise ImportError(f"dcclip students need {name}: {INSTALL_HINT}") from exc
+# Import an optional training dependency (timm, transformers); missing, an ImportError naming the train extra.
+require = partial(require_optional, purpose="a dcclip student")
 
 
 def fail(source: str, field: str, message: str) -> StudentConfigError:

@@ -12,8 +12,8 @@ import torch
 
 from dcclip.models.students.build import rebuild_student, student_preprocess
 from dcclip.models.students.modules import Student
+from dcclip.runtime.constants import TOKENIZER_FILE
 from dcclip.runtime.preprocess import Preprocess
-from dcclip.runtime.tokenizer import TOKENIZER_FILE
 
 
 @dataclass
@@ -68,7 +68,7 @@ def load_student_checkpoint(path: str | Path, device: str | torch.device = "cpu"
     student = rebuild_student(loaded.config["arch"])
     ckpt.load_weights(student, loaded)
     student.to(device).eval()
-    tokenizer_file = loaded.path / loaded.config.get("tokenizer", "tokenizer.json")
+    tokenizer_file = loaded.path / loaded.config.get("tokenizer", TOKENIZER_FILE)
     return LoadedStudent(
         model=student,
         tokenizer=TextTokenizer.from_path(tokenizer_file),

@@ -3,36 +3,28 @@ optional imports with an install hint, the offline note, download hints and ``fr
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from types import ModuleType
+from functools import partial
 from typing import TYPE_CHECKING, Any
+
+from dcclip.runtime.optional import hf_offline
+from dcclip.runtime.optional import require as require_optional
 
 if TYPE_CHECKING:
     from dcclip.models.teacher_spec import TeacherSpec
-
-INSTALL_HINT = "pip install 'dcclip[train]'"
 
 
 class TeacherLoadError(RuntimeError):
     """A well-formed teacher spec that cannot be loaded: missing files, weights not available offline, bad shapes."""
 
 
-def require(module: str) -> ModuleType:
-    """Import an optional dependency, with an install hint when it is missing."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise ImportError(f"teachers need {module}: {INSTALL_HINT}") from exc
+# Import an optional dependency (open_clip, transformers); missing, an ImportError naming the train extra.
+require = partial(require_optional, purpose="a teacher")
 
 
 def offline_note() -> str:
     """' (HF_HUB_OFFLINE=1 is set)' when the hub is switched off, so the message says why nothing was fetched."""
-    try:
-        from huggingface_hub import constants
-    except ImportError:
-        return ""
-    return " (HF_HUB_OFFLINE=1 is set)" if constants.HF_HUB_OFFLINE else ""
+    return " (HF_HUB_OFFLINE=1 is set)" if hf_offline() else ""
 
 
 def brief(exc: BaseException, limit: int = 800) -> str:
