@@ -1,7 +1,7 @@
 """`make bench`: run every benchmark script here, then gather their tables into BENCHMARKS.md.
 
 python benchmarks/run_all.py            # run everything (about half an hour on 2 cores), then gather
-python benchmarks/run_all.py --gather   # only rebuild BENCHMARKS.md from results/*.md (after running one script)
+python benchmarks/run_all.py --gather   # only rebuild BENCHMARKS.md and the README's result blocks from results/
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine
+from _readme import refresh
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -40,6 +41,8 @@ def main() -> int:
     ]
     parts += [p.read_text(encoding="utf-8") for p in sorted(RESULTS.glob("*.md"))]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(parts), encoding="utf-8")
+    for name in refresh(ROOT / "README.md"):
+        print(f"README: block {name} rewritten from results/{name}.md")
     if failed:
         print("failed:", ", ".join(failed), file=sys.stderr)
     return 1 if failed else 0
