@@ -1,38 +1,21 @@
 """int8 quantisation of exported towers, chosen per tower from what the graph is made of.
 
-onnxruntime's dynamic quantisation makes CNNs about 16x slower (activations are re-quantised at run time around
+onnxruntime's dynamic quantisation makes CNNs many times slower (activations are re-quantised at run time around
 every conv), so convolutional towers get static QDQ quantisation, per-channel weights, calibrated on real preprocessed
 images. Transformer towers (text, ViT images) get dynamic quantisation of their MatMul/Gemm weights, which needs no
 calibration and keeps attention's activation-by-activation products in float.
 
-The settings below were chosen by measuring top-1 agreement with fp32 on the demo's eval sets (all 450 images of
-shapes and of digits, every image in ten languages), one tower in int8 at a time, on demo students of two recipes
-(ResNet-10-T at 48 px, and MobileNetV4-Conv-Small-0.35 at 64 px); the figures are shapes / digits for the ResNet:
+Rules (what each was worth on the demo students: docs/ablations.md, "How the int8 settings were chosen"):
 
-- Static weights are 7-bit (``reduce_range``): 0.82 / 0.85 -> 0.94 / 0.96, the largest single gain. On x86 CPUs
-  without VNNI (AVX2 only, like the machine measured) the u8 x s8 kernels add pairs of products in int16 and saturate
-  with full 8-bit weights; with 7-bit weights the int8 graph matched its own float simulation exactly (MobileNet:
-  0.79 / 0.86 both ways), with 8-bit weights it did not (0.73 / 0.73 against 0.81 / 0.87 simulated). VNNI and ARM
-  kernels lose only the 8th bit of weight precision.
-- MinMax calibration on 256 images taken evenly from every shard. Percentile (99.99, 99.999) and Entropy calibration
-  were no better than MinMax (0.82 / 0.85 all three); 64 to 512 images were within a point of each other.
-- The projection and the L2 normalisation after it stay in float in every tower (``output_tail``). In the text tower
-  a quantised projection alone changed 3.5% of the MobileNet student's decisions (0.960 -> 0.979 on shapes without
-  it). onnxruntime's dynamic mode renames a Gemm to ``<name>_MatMul`` before it reads the exclusions, so both names
-  are excluded (the Gemm's own name alone leaves it quantised).
-- The token embedding (Gather) stays weight-only int8: keeping it float gained 0.3-0.4 points (0.988 -> 0.992) and makes
-  the text tower 2.5x larger. Per-channel dynamic weights were worse (0.982), 7-bit dynamic weights no better (0.985).
-- Early convolutions are the sensitive ones (the stem alone changed 2.6% of the ResNet's decisions and 5-14% of the
-  MobileNet's, a late conv 0.3-1%), so a convolutional tower that misses the bar with every conv in int8 is tried
-  again with the first quarter of the graph in float (plan 'early_fp32': 0.94 / 0.96 -> 0.95 / 0.96) before the export
-  ships that tower in fp32. On both demo students the image tower stays below 97% even with half its convolutions
-  (ResNet: 0.96 / 0.97) or three quarters (MobileNet: 0.87 / 0.91) in float, so it ships fp32; their top-1 margins
-  are small (a median of 0.04 in cosine), and every int8 tensor moves some decisions.
-- So a convolutional tower that misses the bar under both static plans is tried once more with its weights alone in
-  int8 (plan 'weights_int8': per-channel 8-bit codes, float activations, no calibration) before it ships fp32. On the
-  demo's ResNet student after stage 2 (75 steps): all_int8 0.940, early_fp32 0.959, weights_int8 0.978 on shapes, so
-  the int8 bundle keeps an image tower a third the size of fp32's, at fp32's speed (onnxruntime folds the weights'
-  Cast and Mul back to float when it loads the graph; measured 0.356 against 0.358 ms at batch 1).
+- Static weights are 7-bit (``reduce_range``): x86 kernels without VNNI add pairs of u8 x s8 products in int16 and
+  saturate with full 8-bit weights; VNNI and ARM kernels lose only the 8th bit.
+- MinMax calibration on images taken evenly from every shard.
+- The projection and the L2 normalisation after it stay float (``output_tail``); onnxruntime's dynamic mode renames a
+  Gemm to ``<name>_MatMul`` before reading exclusions, so both names are excluded.
+- The token embedding (Gather) is weight-only int8.
+- A convolutional tower is tried under the plans in order (every conv int8; the first quarter in float, early convs
+  being the sensitive ones; weights alone in int8, at fp32's speed since onnxruntime folds them to float at load)
+  until the caller's agreement bar is met; one that misses every plan ships fp32.
 """
 
 from __future__ import annotations

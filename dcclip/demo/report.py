@@ -13,7 +13,7 @@ import numpy as np
 
 from dcclip.eval.stats import ci_key, format_rate, mean_interval, rate_interval
 from dcclip.io import write_json_atomic
-from dcclip.runtime.timing import interleaved_ms
+from dcclip.runtime.timing import interleaved_ms, machine_facts
 
 SAMPLE_TEXT = "a small red star on the left and a large blue circle on the right"
 PROVIDERS = ("CPUExecutionProvider",)
@@ -371,6 +371,7 @@ def write_report(settings: Any, summaries: dict[str, Any], step_seconds: dict[st
         charts["speed_size"] = speed_chart(out, summaries["bench"]).name
     report = {
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(settings).items()},
+        "machine": machine_facts(),
         "seconds": {"total_this_run": round(total, 1), "steps": {k: round(v, 1) for k, v in step_seconds.items()}},
         "headline": headline(tables),
         "top1": tables,
