@@ -135,7 +135,8 @@ class TrainConfig:
     steps: int = 1000
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"  # auto: timed fp32 vs bf16 (engine/precision.py)
+    threads: str = "auto"  # torch intra-op threads: auto (engine/threads.py) or a positive integer
     channels_last: bool = True  # for convolutional students
     log_every: int = 10
     ckpt_every: int = 200
@@ -152,6 +153,11 @@ class TrainConfig:
         _require(self.log_every >= 1, f"{path}.log_every", "must be >= 1")
         _require(self.ckpt_every >= 1, f"{path}.ckpt_every", "must be >= 1")
         _require(self.keep_last >= 1, f"{path}.keep_last", "must be >= 1")
+        _require(
+            self.threads == "auto" or (self.threads.isdigit() and int(self.threads) >= 1),
+            f"{path}.threads",
+            f"must be 'auto' or a positive integer, got {self.threads!r}",
+        )
 
 
 @dataclass(frozen=True)

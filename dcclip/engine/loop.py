@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import time
@@ -25,6 +26,17 @@ from dcclip.engine.cpu_memory import keep_freed_memory
 from dcclip.engine.distributed import DistEnv, all_reduce_mean, all_reduce_sum_int, barrier
 from dcclip.engine.metrics import MetricsWriter, Throughput, format_rate
 from dcclip.engine.optim import build_optimizer, build_scheduler
+from dcclip.engine.precision import (
+    PrecisionChoice,
+    StepTimer,
+    bf16_support,
+    cpu_flags,
+    decide_precision,
+    measure_and_decide,
+    wall_timer,
+)
+from dcclip.engine.threads import apply_threads
+from dcclip.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +51,7 @@ class FitSpec:
     checkpoint_config: dict[str, Any]  # written into every checkpoint's config.json
     checkpoint_files: dict[str, Path] = field(default_factory=dict)  # copied into every checkpoint (tokenizer.json)
     description: str = "train"
+    precision_timer: StepTimer | None = None  # how precision=auto times a step; None = the wall clock (tests fake it)
 
 
 @dataclass
@@ -51,6 +64,8 @@ class FitResult:
     losses: dict[str, float]
     seconds: float
     replica_checksums: list[str]
+    precision: dict[str, Any] = field(default_factory=dict)  # PrecisionChoice: which precision ran, and why
+    threads: dict[str, Any] = field(default_factory=dict)  # ThreadChoice: torch intra-op threads, and why
 
 
 def forever(loader: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -118,6 +133,7 @@ class Trainer:
         self.step = 0
         self.failed_shards: list[str] = []  # URLs of shards that broke off since the last metrics record
         self.samples_seen = 0
+        self.precision: PrecisionChoice | None = None  # set by settle_precision (restored by resume under auto)
         task.to(env.device)
         if spec.train.channels_last:
             self.student.to(memory_format=torch.channels_last)
@@ -156,6 +172,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.samples_seen = int(state["step"]), int(state["samples_seen"])
         ckpt.set_rng_state(state["rng"])
+        if self.spec.train.precision == "auto" and state.get("precision"):
+            self.precision = PrecisionChoice.from_dict(state["precision"])
         if state.get("world_size", 1) != self.env.world_size:
             log.warning(
                 "resuming on %d ranks a run saved on %d: data order differs", self.env.world_size, state["world_size"]
@@ -194,7 +212,7 @@ class Trainer:
             last = micro == accum - 1
             no_sync = self.model.no_sync() if self.env.distributed and not last else contextlib.nullcontext()
             with no_sync:
-                with autocast(self.env.device, self.spec.train.precision):
+                with autocast(self.env.device, self.precision.precision if self.precision else "fp32"):
                     losses = self.model(batch)
                 loss = losses["loss"]
                 if not torch.isfinite(loss):
@@ -222,6 +240,8 @@ class Trainer:
                 self.loader.state_dict(),
                 self.env.world_size,
             )
+            if self.precision is not None:
+                state["precision"] = self.precision.to_dict()
             path = ckpt.write_checkpoint(
                 self.spec.run_dir,
                 self.step,
@@ -233,6 +253,58 @@ class Trainer:
             )
         barrier()
         return path
+
+    # --- precision -------------------------------------------------------------------------------------------------
+    def settle_precision(self, batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Fix the run's precision (configured, recorded at resume, or timed on the first batch under ``auto``);
+        records it beside the checkpoints and returns the batch stream with any peeked batch put back."""
+        requested = self.spec.train.precision
+        if requested != "auto":
+            self.precision = PrecisionChoice(requested, "configured", requested=requested)
+        elif self.precision is not None:
+            kept = self.precision
+            self.precision = PrecisionChoice.from_dict({**kept.to_dict(), "reason": f"recorded: {kept.reason}"})
+        else:
+            first = next(batches)
+            self.precision = self._measure_precision(first)
+            batches = itertools.chain([first], batches)
+        if self.env.is_main:
+            log.info("training precision %s (%s: %s)", self.precision.precision, requested, self.precision.reason)
+            write_json_atomic(self.spec.run_dir / "precision.json", self.precision.to_dict())
+        return batches
+
+    def _measure_precision(self, batch: dict[str, Any]) -> PrecisionChoice:
+        """Time fp32 and bf16 steps on ``batch`` leaving training as it was: no optimiser step, buffers and RNG kept."""
+        supported, why = bf16_support(self.env.device, cpu_flags() if self.env.device.type == "cpu" else None)
+        if not supported:
+            return PrecisionChoice("fp32", f"{why}: fp32 without timing")
+        if hasattr(self.task, "set_step"):
+            self.task.set_step(self.step)
+        batch = to_device(batch, self.env.device, self.spec.train.channels_last)
+        buffers = {name: b.detach().clone() for name, b in self.task.named_buffers()}
+        rng = ckpt.rng_state()
+
+        def run_once(precision: str) -> float:
+            ckpt.set_rng_state(rng)  # the same dropout/augment draws in both precisions
+            self.task.zero_grad(set_to_none=True)
+            with autocast(self.env.device, precision):
+                loss = self.task(batch)["loss"]
+            loss.backward()
+            return float(loss.detach())
+
+        try:
+            choice = measure_and_decide(run_once, self.spec.precision_timer or wall_timer(self.env.device))
+        finally:
+            self.task.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for name, b in self.task.named_buffers():
+                    b.copy_(buffers[name])
+            ckpt.set_rng_state(rng)
+        if self.env.distributed:  # every rank must train alike: decide on the figures averaged over ranks
+            figures = [choice.fp32_s, choice.bf16_s, choice.fp32_loss, choice.bf16_loss]
+            mean = all_reduce_mean(torch.tensor(figures, dtype=torch.float64, device=self.env.device)).tolist()
+            choice = decide_precision(*mean)
+        return choice
 
     def log(self, losses: dict[str, float], rate: float, skipped: int) -> dict[str, float]:
         """Average losses over ranks and write one metrics record (rank 0)."""
@@ -260,7 +332,21 @@ class Trainer:
 
 
 def fit(task: nn.Module, loader: Any, spec: FitSpec, env: DistEnv) -> FitResult:
-    """Train ``task`` on ``loader`` for ``spec.train.steps`` optimiser steps, resuming if asked."""
+    """Train ``task`` on ``loader`` for ``spec.train.steps`` optimiser steps, resuming if asked.
+
+    torch's intra-op threads are chosen for this run (engine/threads.py) and put back afterwards.
+    """
+    before = torch.get_num_threads()
+    threads = apply_threads(spec.train.threads, announce=env.is_main)
+    try:
+        result = _fit(task, loader, spec, env)
+    finally:
+        torch.set_num_threads(before)
+    result.threads = threads.to_dict()
+    return result
+
+
+def _fit(task: nn.Module, loader: Any, spec: FitSpec, env: DistEnv) -> FitResult:
     from tqdm import tqdm
 
     torch.manual_seed(spec.train.seed + env.rank)
@@ -269,7 +355,7 @@ def fit(task: nn.Module, loader: Any, spec: FitSpec, env: DistEnv) -> FitResult:
     trainer = Trainer(task, loader, spec, env)
     trainer.resume()
     task.train()
-    batches = forever(loader)
+    batches = trainer.settle_precision(forever(loader))
     progress = tqdm(total=spec.train.steps, initial=trainer.step, desc=spec.description, disable=not env.is_main)
     meter, started = Throughput(), time.perf_counter()
     local_images = skipped = 0
@@ -305,4 +391,5 @@ def fit(task: nn.Module, loader: Any, spec: FitSpec, env: DistEnv) -> FitResult:
         losses=last_losses,
         seconds=time.perf_counter() - started,
         replica_checksums=checksums,
+        precision=trainer.precision.to_dict() if trainer.precision else {},
     )
