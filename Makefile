@@ -5,7 +5,7 @@ STAMP := $(VENV)/.dcclip-installed
 BROWSER_STAMP := $(VENV)/.dcclip-browser-installed
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test test-fast test-browser browser-tools screenshot lint demo bench clean
+.PHONY: install test test-fast test-browser test-arm64 arm64-tools browser-tools screenshot lint demo bench clean
 
 install: $(STAMP)
 
@@ -31,6 +31,26 @@ test-fast: $(STAMP)
 # nothing downloads a browser at run time. Screenshots stay in the tests' tmp dirs.
 test-browser: $(BROWSER_STAMP) browser-tools
 	$(VENV)/bin/pytest -q tests/browser
+
+# The torch-free runtime on aarch64 Linux (Raspberry Pi / Jetson class) under qemu-user: a Debian trixie arm64 root
+# (mmdebstrap) with PyPI's aarch64 wheels at constraints.txt's versions, checked against the runtime here (tests/edge).
+# Host tools come from apt when missing and qemu-aarch64 is registered with binfmt_misc. Runs as root (mmdebstrap,
+# chroot). The root is cached in ~/.cache/dcclip/arm64/<suite+versions> (DCCLIP_ARM64_CACHE overrides).
+test-arm64: $(STAMP) arm64-tools
+	$(VENV)/bin/pytest -q tests/edge
+
+arm64-tools:
+	@SUDO=$$(test "$$(id -u)" -eq 0 || echo sudo); \
+	if ! command -v mmdebstrap >/dev/null || ! command -v arch-test >/dev/null \
+	    || ! command -v qemu-aarch64-static >/dev/null || ! test -x /usr/sbin/update-binfmts; then \
+	  $$SUDO apt-get -o DPkg::Lock::Timeout=300 update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get \
+	    -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends \
+	    mmdebstrap arch-test qemu-user-static binfmt-support debian-archive-keyring; \
+	fi; \
+	if ! grep -qs '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64; then \
+	  test -e /proc/sys/fs/binfmt_misc/register || $$SUDO mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; \
+	  $$SUDO /usr/sbin/update-binfmts --enable qemu-aarch64; \
+	fi
 
 # docs/ui.png, the README's picture of the page: the demo bundle (make demo first) classifying in Chinese and Arabic.
 screenshot: $(BROWSER_STAMP) browser-tools

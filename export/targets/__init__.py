@@ -13,6 +13,7 @@ from typing import Any
 TARGETS = {
     "web": "static page with onnxruntime-web and a JS tokenizer: the bundle runs in the browser, no server",
     "ort": "ORT-format models (.ort) + reduced-operator config for onnxruntime mobile builds (Android, iOS)",
+    "arm64": "the bundle on aarch64 Linux (Raspberry Pi / Jetson class), checked under qemu-user against x86",
 }
 
 
