@@ -237,6 +237,8 @@ def run_stage(cfg: RunConfig) -> dict[str, Any]:
             "skipped_samples": prepared.loader.skipped_samples,
             "world_size": env.world_size,
             "replica_checksums": result.replica_checksums,
+            "precision": result.precision,
+            "threads": result.threads,
         }
         if env.is_main:
             (prepared.spec.run_dir / "summary.json").write_text(json.dumps(summary, indent=2), "utf-8")
