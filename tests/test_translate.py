@@ -309,7 +309,7 @@ def test_cli_translates_then_validates(source, nllb_dir, tmp_path, capsys):
     assert read_manifest(out)["translation"]["counts"] == {"ko": {"machine": 11, "kept": 0}}
     with pytest.raises(SystemExit) as exit_info:
         main(["shards", "translate", "--help"])
-    assert exit_info.value.code == 0 and "--source-lang" in capsys.readouterr().out
+    assert exit_info.value.code == 0 and "--caption-lang" in capsys.readouterr().out
 
 
 def _rank_worker(rank: int, port: int, source: str, out: str, model: str) -> None:
