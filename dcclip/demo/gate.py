@@ -45,9 +45,13 @@ GATE = DemoSettings(
 STUDENTS = ("student stage 1", "student stage 2", "student ONNX fp32")
 IMITATORS = STUDENTS[:2]  # the ONNX student's embeddings equal stage 2's to 1e-4 (the parity check asserts it)
 # Floors, placed between the lowest working run and the highest broken run over the measured seeds (README).
-TEACHER_MIN = {"zeroshot_digits": 0.30, "zeroshot_shapes": 0.06}
 FLOORS = {"image_cosine": 0.60, "text_cosine": 0.50, "retention": 0.25}
-INT8_MIN_AGREEMENT = 0.97
+# The stand-in teacher must be well above chance (10% digits, 1.1% shapes) for retention to mean anything; over seeds
+# 0-4 its English top-1 ranged 29-44% on digits and 8-17% on shapes, so the floors sit at twice and 3.6x chance.
+TEACHER_MIN = {"zeroshot_digits": 0.20, "zeroshot_shapes": 0.04}
+# Export ships a tower int8 only when it alone keeps >= 97% of fp32's top-1; with both towers int8 their disagreements
+# add up (97.0-98.6% over seeds 0-4 on the gate's recipe), so the shipped bundle as a whole must keep 95%.
+INT8_MIN_AGREEMENT = 0.95
 
 # What each fault breaks, as the gate's message should say it; config faults apply to stage 1 (as a user's override
 # would), code faults to the shared loss code of both stages (as a bug there would).
@@ -57,6 +61,13 @@ FAULTS: dict[str, str] = {
     "text_loss_off": "stage 1 without its text loss (loss.text_embed=0)",
     "detached": "embedding losses on detached student embeddings (only the feature-map loss reaches the student)",
     "shuffled": "teacher targets shifted by one sample within the batch (each student output meets another's target)",
+}
+# The statistics each fault must bring under their floors: what it loses.
+LOSES = {
+    "image_loss_off": ("image_cosine", "retention"),
+    "text_loss_off": ("text_cosine", "retention"),
+    "detached": ("image_cosine", "text_cosine", "retention"),
+    "shuffled": ("image_cosine", "text_cosine", "retention"),
 }
 FAULT_OVERRIDES = {
     "image_loss_off": ["loss.image_embed=0", "loss.feature_map=0"],
@@ -190,7 +201,8 @@ def failures(figures: dict[str, Any]) -> list[str]:
     if max(figures["onnx_vs_torch_top1"].values()) > 0.01:
         found.append(f"ONNX fp32 top-1 differs from torch stage 2 by > 1 point: {figures['onnx_vs_torch_top1']}")
     if figures["int8"]["top1_agreement"] < INT8_MIN_AGREEMENT:
-        found.append(f"int8 agrees with fp32 on {figures['int8']['top1_agreement']:.1%} of top-1 (floor 97%)")
+        agreement = figures["int8"]["top1_agreement"]
+        found.append(f"int8 agrees with fp32 on {agreement:.1%} of top-1 (floor {INT8_MIN_AGREEMENT:.0%})")
     return found
 
 
