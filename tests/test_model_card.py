@@ -15,7 +15,7 @@ from helpers.serve_bundles import student_bundle
 from dcclip.export.card import CARD_FILE, NOT_MEASURED, card_from_manifest, render_card, update_card
 from dcclip.runtime.bundle import BundleIntegrityError, load_bundle_model, verify_bundle
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]  # each test exports a bundle
 LANGS = ["en", "fr", "zh"]
 
 

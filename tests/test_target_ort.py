@@ -13,7 +13,7 @@ from helpers.serve_bundles import student_bundle
 
 from dcclip.runtime.bundle import MANIFEST_FILE, BundleError, BundleIntegrityError
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]  # each test exports a bundle
 
 
 @pytest.fixture(scope="module")
