@@ -85,14 +85,15 @@ def agreement(got: list, expected: list[str]) -> float:
 def parity(browser, bundle: Path, images: list[Path], prompts: list[str], lang: str) -> dict[str, Any]:
     """Token ids, cosines and top-1 agreement of the page (fp32, and int8 when present) against Python fp32."""
     model = BundleModel(bundle, "fp32")
-    ids, _ = model.tokenizer.encode(prompts, model.text_max_length)
-    js_ids = [row for s in range(0, len(prompts), 256) for row in js(browser, "tokenize", prompts[s : s + 256])]
+    batches = [prompts[s : s + 256] for s in range(0, len(prompts), 256)]  # both sides pad to the batch's longest
+    ids = [row for batch in batches for row in model.tokenizer.encode(batch, model.text_max_length)[0].tolist()]
+    js_ids = [row for batch in batches for row in js(browser, "tokenize", batch)]
     urls = [f"testdata/{p.name}" for p in images]
     labels = class_names("shapes")[lang]
     expected = [r[0][0] for r in ZeroShotClassifier(model).classify([str(p) for p in images], labels, lang, top_k=1)]
     result = {
         "prompts": len(prompts),
-        "token_ids_equal": float(np.mean([a == b for a, b in zip(ids.tolist(), js_ids, strict=True)])),
+        "token_ids_equal": float(np.mean([a == b for a, b in zip(ids, js_ids, strict=True)])),
         "text_cosine_min": cosine_min(model.embed_texts(prompts), js(browser, "embedTexts", prompts)),
         "images": len(images),
         "image_cosine_min": cosine_min(model.embed_images([str(p) for p in images]), js(browser, "embedImages", urls)),
