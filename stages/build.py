@@ -20,6 +20,7 @@ from dcclip.engine.distributed import DistEnv
 from dcclip.engine.loop import FitSpec
 from dcclip.engine.tasks import StudentTask
 from dcclip.models.teacher_spec import teacher_fingerprint
+from dcclip.runtime.constants import TOKENIZER_FILE
 from dcclip.runtime.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,8 @@ def load_tokenizer(cfg: RunConfig, init: ckpt.Checkpoint | None) -> Any:
 
     if cfg.student.tokenizer:
         return TextTokenizer.from_path(cfg.student.tokenizer)
-    if init is not None and (init.path / "tokenizer.json").is_file():
-        return TextTokenizer.from_path(init.path / "tokenizer.json")
+    if init is not None and (init.path / TOKENIZER_FILE).is_file():
+        return TextTokenizer.from_path(init.path / TOKENIZER_FILE)
     raise ValueError("student.tokenizer is not set (train one with `dcclip tokenizer train`)")
 
 
@@ -209,7 +210,7 @@ def prepare_run(cfg: RunConfig, env: DistEnv) -> PreparedRun:
         train=cfg.train,
         optim=cfg.optim,
         checkpoint_config=checkpoint_config(cfg, student, side, loader.langs),
-        checkpoint_files={"tokenizer.json": run_dir / "tokenizer.json"},
+        checkpoint_files={TOKENIZER_FILE: run_dir / TOKENIZER_FILE},
         description=cfg.stage,
     )
     return PreparedRun(task, loader, spec)

@@ -32,11 +32,7 @@ FACTS = {
     "machine info": (r"^def (?:cpu_model|machine_info)\(", "dcclip/runtime/timing.py"),
 }
 # (fact, module) -> the change its owner has to make
-PENDING = {
-    ("tokenizer file name", "stages/build.py"): "import TOKENIZER_FILE (runtime/constants)",
-    ("image extensions", "dcclip/data/shard_build.py"): "SOURCE_IMAGE_EXTENSIONS = IMAGE_EXTENSIONS (runtime)",
-    ("progress bar", "dcclip/search/build.py"): "data.progress.progress_bar",
-}
+PENDING = {}
 
 
 def holders(pattern: str) -> set[str]:

@@ -38,12 +38,13 @@ from dcclip.data.shards import (
     shard_paths,
 )
 from dcclip.data.sources import describe, shard_name
+from dcclip.runtime.constants import IMAGE_EXTENSIONS as ALL_IMAGE_EXTENSIONS
 from dcclip.runtime.preprocess import ImageDecodeError, check_geometry, to_rgb
 
 log = logging.getLogger(__name__)
 
 # Image files every source accepts (GIF, BMP and TIFF are re-encoded as JPEG), and a folder's caption files.
-SOURCE_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
+SOURCE_IMAGE_EXTENSIONS = ALL_IMAGE_EXTENSIONS
 CAPTION_EXTENSIONS = ("json", "txt")
 
 SOURCE_KINDS = ("folder", "csv", "jsonl", "wds")

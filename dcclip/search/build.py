@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from dcclip import __version__
+from dcclip.data.progress import progress_bar
 from dcclip.data.shards import chunked
 from dcclip.data.sources import is_local, local_path
 from dcclip.io import (
@@ -226,7 +227,10 @@ def index_images(
     done = {row["source"] for m in metas for row in (*m["items"], *m["skipped"])}
     counts: Counter[str] = Counter()
     (out / THUMBS_DIR).mkdir(parents=True, exist_ok=True)
-    with progress_bar(count_inputs(images), progress) as bar, ThreadPoolExecutor(DECODE_THREADS) as pool:
+    with (
+        progress_bar(count_inputs(images), "index", "img", progress, smoothing=0.1) as bar,
+        ThreadPoolExecutor(DECODE_THREADS) as pool,
+    ):
         todo = pending(iter_inputs(images), base.sources_from(source), done, counts, bar)
         for chunk in chunked(todo, part_inputs):
             first_id = base.count + sum(len(m["items"]) for m in metas)
@@ -480,27 +484,3 @@ def summarise(
         "images_per_s": round(counts["embedded"] / seconds, 1) if seconds > 0 else 0.0,
         "ann": (manifest["ann"] or {}).get("kind"),
     }
-
-
-class _NoBar:
-    """Stands in for tqdm when progress is off or tqdm is not installed."""
-
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def update(self, n: int) -> None:
-        return None
-
-
-def progress_bar(total: int | None, enabled: bool) -> Any:
-    """A tqdm bar counting inputs (its rate is images/s)."""
-    if not enabled:
-        return _NoBar()
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return _NoBar()
-    return tqdm(total=total, unit="img", desc="index", smoothing=0.1)
