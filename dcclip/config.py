@@ -136,7 +136,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["fp32", "bf16", "auto"] = "fp32"  # auto: timed fp32 vs bf16 (engine/precision.py)
-    threads: str = "auto"  # torch intra-op threads: auto (engine/threads.py) or a positive integer
+    # torch intra-op threads: "torch" leaves torch's own setting, "auto" chooses by the machine's free cores
+    # (engine/threads.py), or a positive integer
+    threads: str = "torch"
     channels_last: bool = True  # for convolutional students
     log_every: int = 10
     ckpt_every: int = 200
@@ -154,9 +156,9 @@ class TrainConfig:
         _require(self.ckpt_every >= 1, f"{path}.ckpt_every", "must be >= 1")
         _require(self.keep_last >= 1, f"{path}.keep_last", "must be >= 1")
         _require(
-            self.threads == "auto" or (self.threads.isdigit() and int(self.threads) >= 1),
+            self.threads in ("torch", "auto") or (self.threads.isdigit() and int(self.threads) >= 1),
             f"{path}.threads",
-            f"must be 'auto' or a positive integer, got {self.threads!r}",
+            f"must be 'torch', 'auto' or a positive integer, got {self.threads!r}",
         )
 
 

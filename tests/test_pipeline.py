@@ -17,7 +17,9 @@ PRE = Preprocess(image_size=32)
 
 
 def loader(tokenizer, train, rank=0, world=1, **overrides) -> ShardLoader:
-    settings = {"train": str(train), "batch_size": 4, "workers": 2, "shuffle_buffer": 8, "max_text_len": 16}
+    """A small streaming loader; only the worker-coverage test forks DataLoader workers (a fork from the long-lived
+    test process, which holds other tests' threads, is where a worker can inherit a held lock)."""
+    settings = {"train": str(train), "batch_size": 4, "workers": 0, "shuffle_buffer": 8, "max_text_len": 16}
     settings.update(overrides)
     return ShardLoader(DataConfig(**settings), PRE, tokenizer, rank=rank, world_size=world, seed=3)
 
@@ -35,7 +37,7 @@ def test_batch_fields(small_shards, tokenizer):
 def test_two_ranks_two_workers_cover_every_sample_once(small_shards, tokenizer):
     keys = []
     for rank in range(2):
-        for batch in loader(tokenizer, small_shards, rank=rank, world=2, resampled=False):
+        for batch in loader(tokenizer, small_shards, rank=rank, world=2, resampled=False, workers=2):
             keys.extend(batch["keys"])
     assert len(keys) == 40
     assert sorted(keys) == [f"s{i:05d}" for i in range(40)]

@@ -97,7 +97,7 @@ def test_the_train_loop_applies_the_choice_and_puts_threads_back(tmp_path, monke
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     spec = engine_loop.FitSpec(
         run_dir=tmp_path,
-        train=TrainConfig(out_dir=str(tmp_path), steps=2, log_every=1, ckpt_every=2),
+        train=TrainConfig(out_dir=str(tmp_path), steps=2, log_every=1, ckpt_every=2, threads="auto"),
         optim=OptimConfig(lr=1e-2, warmup_steps=1),
         checkpoint_config={"stage": "test"},
     )

@@ -334,9 +334,14 @@ class Trainer:
 def fit(task: nn.Module, loader: Any, spec: FitSpec, env: DistEnv) -> FitResult:
     """Train ``task`` on ``loader`` for ``spec.train.steps`` optimiser steps, resuming if asked.
 
-    torch's intra-op threads are chosen for this run (engine/threads.py) and put back afterwards.
+    With ``train.threads`` auto or a number, torch's intra-op threads are chosen for this run (engine/threads.py) and
+    put back afterwards; the default (torch) leaves torch's own setting alone.
     """
     before = torch.get_num_threads()
+    if spec.train.threads == "torch":
+        result = _fit(task, loader, spec, env)
+        result.threads = {"threads": before, "reason": "torch's own setting (train.threads=torch)"}
+        return result
     threads = apply_threads(spec.train.threads, announce=env.is_main)
     try:
         result = _fit(task, loader, spec, env)
