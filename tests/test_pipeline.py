@@ -34,11 +34,41 @@ def test_batch_fields(small_shards, tokenizer):
     assert all(text.startswith(CAPTIONS["en"]) for text in batch["source_texts"])
 
 
-def test_two_ranks_two_workers_cover_every_sample_once(small_shards, tokenizer):
-    keys = []
-    for rank in range(2):
-        for batch in loader(tokenizer, small_shards, rank=rank, world=2, resampled=False, workers=2):
-            keys.extend(batch["keys"])
+WORKER_COVERAGE = """
+import json, sys
+from dcclip.config import DataConfig
+from dcclip.data.pipeline import ShardLoader
+from dcclip.models.tokenizers import TextTokenizer
+from dcclip.runtime.preprocess import Preprocess
+
+shards, tokenizer = sys.argv[1], TextTokenizer.from_path(sys.argv[2])
+cfg = DataConfig(train=shards, batch_size=4, workers=2, shuffle_buffer=8, max_text_len=16, resampled=False)
+keys = []
+for rank in range(2):
+    for batch in ShardLoader(cfg, Preprocess(image_size=32), tokenizer, rank=rank, world_size=2, seed=3):
+        keys.extend(batch["keys"])
+print(json.dumps(keys))
+"""
+
+
+def test_two_ranks_two_workers_cover_every_sample_once(small_shards, tmp_path):
+    """Two ranks x two DataLoader workers, in a fresh process: forked workers never inherit another test's locks."""
+    import json
+    import subprocess
+    import sys
+
+    from dcclip.models.tokenizers import train_tokenizer
+
+    texts = [f"{text} {i}" for i in range(50) for text in CAPTIONS.values()]
+    path = train_tokenizer(texts, 300, tmp_path / "tok")
+    run = subprocess.run(
+        [sys.executable, "-c", WORKER_COVERAGE, str(small_shards), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    keys = json.loads(run.stdout.strip().splitlines()[-1])
     assert len(keys) == 40
     assert sorted(keys) == [f"s{i:05d}" for i in range(40)]
 
