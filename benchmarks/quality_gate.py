@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -42,7 +43,7 @@ def seed_from(working: Path, out: Path) -> None:
     """Start ``out`` with the working run's world, teacher and tokenizer, recorded as done in its step state."""
     out.mkdir(parents=True)
     for name in REUSED_STEPS:
-        shutil.copytree(working / name, out / name, copy_function=__import__("os").link)
+        shutil.copytree(working / name, out / name, copy_function=os.link)
     state = json.loads((working / "steps.json").read_text("utf-8"))
     (out / "steps.json").write_text(json.dumps({k: state[k] for k in REUSED_STEPS}), encoding="utf-8")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -167,8 +168,6 @@ def pooled_retention(report: dict[str, Any], model: str) -> float:
 
 def gate_figures(settings: DemoSettings, report: dict[str, Any]) -> dict[str, Any]:
     """Everything the gate judges: teacher accuracy, per-student statistics, fp32 and int8 parity."""
-    import json
-
     students = {name: {"retention": pooled_retention(report, name)} for name in STUDENTS}
     for name, figures in imitation(settings).items():
         students[name].update(figures)
