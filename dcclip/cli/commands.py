@@ -250,6 +250,14 @@ def _cmd_teacher_train_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_teacher_convert_mclip(args: argparse.Namespace) -> int:
+    from dcclip.models.teachers.mclip_convert import convert_mclip
+
+    summary = convert_mclip(Path(args.src), Path(args.out), base_config=args.base_config)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from dcclip.eval.distributed import is_main
     from dcclip.eval.report import console_report, run_eval

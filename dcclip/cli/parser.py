@@ -25,6 +25,7 @@ from dcclip.cli.commands import (
     _cmd_shards_translate,
     _cmd_shards_validate,
     _cmd_target,
+    _cmd_teacher_convert_mclip,
     _cmd_teacher_train_demo,
     _cmd_tokenizer_train,
     _cmd_world,
@@ -206,7 +207,7 @@ def _add_stages(sub: argparse._SubParsersAction) -> None:
 
 def _add_teacher(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("teacher", help="teacher utilities")
-    teacher = p.add_subparsers(dest="teacher_command", required=True, metavar="{train-demo}")
+    teacher = p.add_subparsers(dest="teacher_command", required=True, metavar="{train-demo,convert-mclip}")
     t = teacher.add_parser("train-demo", help="train the English-only demo teacher on the toy world")
     t.add_argument("--world", required=True, help="toy world directory (from `dcclip world`)")
     t.add_argument("--out", required=True, help="output directory (an open_clip local-dir checkpoint)")
@@ -214,6 +215,19 @@ def _add_teacher(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--text-steps", type=int, help="phase 2, text tower against the locked image tower (default 80)")
     t.add_argument("--seed", type=int, default=0, help="random seed")
     t.set_defaults(func=_cmd_teacher_train_demo)
+
+    m = teacher.add_parser(
+        "convert-mclip", help="a published Multilingual-CLIP checkpoint (M-CLIP/...) -> an mclip: teacher directory"
+    )
+    m.add_argument("src", help="the downloaded checkpoint: config.json (modelBase, ...), weights, tokenizer files")
+    m.add_argument("--out", required=True, help="output directory, used as teacher.text_spec=mclip:DIR")
+    m.add_argument(
+        "--base-config",
+        default=None,
+        help="the encoder's architecture: a directory or config.json, or a hub name in the local cache "
+        "(default: the checkpoint's modelBase)",
+    )
+    m.set_defaults(func=_cmd_teacher_convert_mclip)
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
