@@ -8,6 +8,7 @@ import when ``serve`` runs several.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,7 @@ def ok(model: type) -> dict[int | str, dict[str, Any]]:
 )
 async def classify(request: Request) -> JSONResponse:
     """Multipart images + labels (+ lang, top_k, templates) -> the top labels of every image with probabilities."""
+    start = time.perf_counter()
     service = get_service(request)
     limits = service.limits
     form = await read_form(request, PartLimits.classify(limits))
@@ -92,12 +94,26 @@ async def classify(request: Request) -> JSONResponse:
         query = await parse_classify(form, limits)
     finally:
         await form.close()
-    ranked = await service.run(service.classify, query)
+    timings: dict[str, float] | None = {} if request.app.state.server_timing else None
+    parsed = time.perf_counter()
+    ranked = await service.run(service.classify, query, timings, timings=timings)
+    ran = time.perf_counter()
     results = [
         {"filename": image.filename, "predictions": [{"label": label, "probability": p} for label, p in rows]}
         for image, rows in zip(query.images, ranked, strict=True)
     ]
-    return JSONResponse({"lang": query.lang, "top_k": query.top_k, "results": results})
+    response = JSONResponse({"lang": query.lang, "top_k": query.top_k, "results": results})
+    if timings is not None:
+        marks = {"parse": (start, parsed), "run": (parsed, ran), "json": (ran, time.perf_counter())}
+        marks["handler"] = (start, time.perf_counter())
+        timings |= {name: (end - begin) * 1000 for name, (begin, end) in marks.items()}
+        response.headers["Server-Timing"] = server_timing_header(timings)
+    return response
+
+
+def server_timing_header(timings: dict[str, float]) -> str:
+    """``name;dur=ms`` entries (the W3C Server-Timing syntax); ``batch`` is an image count, not a duration."""
+    return ", ".join(f"{name};dur={value:.3f}" for name, value in timings.items())
 
 
 @router.post(
@@ -197,18 +213,25 @@ def create_app(
     ui: bool = True,
     index: Path | None = None,
     allow_unsealed: bool = False,
+    batch_max: int = 1,
+    batch_wait_ms: float = 0.0,
+    server_timing: bool = False,
 ) -> FastAPI:
     """Load ``bundle`` (verified) and build the API over it; ``threads`` sets onnxruntime's intra-op threads.
 
     ``ui`` serves the web page at ``/``; ``index`` loads an image index for /v1/search, refused (SearchIndexError)
     when it was built from another bundle; ``allow_unsealed`` loads a format-1/2 manifest that has no seal.
+    ``batch_max`` > 1 runs the image tower on up to that many concurrent requests' images at once, gathered for at
+    most ``batch_wait_ms`` after the first; ``server_timing`` adds a Server-Timing header (milliseconds per stage) to
+    /v1/classify answers, for benchmarks/serve_load.py.
     """
     limits = limits or ServeLimits()
     # Any Image.open in this process (not only ours) now refuses bombs: PIL errors above twice this many pixels.
     Image.MAX_IMAGE_PIXELS = limits.max_image_pixels
     # FastAPI's /docs and /redoc load their scripts from a CDN: blank offline. The package serves its own /docs.
     app = FastAPI(title="dcclip", version=__version__, description=api_description(), docs_url=None, redoc_url=None)
-    app.state.service = Service(Path(bundle), limits, precision, threads, allow_unsealed)
+    app.state.service = Service(Path(bundle), limits, precision, threads, allow_unsealed, batch_max, batch_wait_ms)
+    app.state.server_timing = server_timing
     app.state.index = open_index(Path(index), app.state.service.manifest) if index is not None else None
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=limits.max_request_bytes)
@@ -231,4 +254,7 @@ def app_from_env() -> FastAPI:
         ui=settings.ui,
         index=settings.index,
         allow_unsealed=settings.allow_unsealed,
+        batch_max=settings.batch_max,
+        batch_wait_ms=settings.batch_wait_ms,
+        server_timing=settings.server_timing,
     )

@@ -16,10 +16,12 @@ from typing import Any
 from dcclip.runtime.errors import MAX_TEXT_CHARS
 
 __all__ = [
+    "ENV_BATCH",
     "ENV_BUNDLE",
     "ENV_INDEX",
     "ENV_LIMITS",
     "ENV_PRECISION",
+    "ENV_SERVER_TIMING",
     "ENV_THREADS",
     "ENV_UI",
     "ServeLimits",
@@ -33,6 +35,8 @@ ENV_LIMITS = "DCCLIP_SERVE_LIMITS"
 ENV_UI = "DCCLIP_SERVE_UI"
 ENV_INDEX = "DCCLIP_SERVE_INDEX"
 ENV_ALLOW_UNSEALED = "DCCLIP_SERVE_ALLOW_UNSEALED"
+ENV_BATCH = "DCCLIP_SERVE_BATCH"  # "MAX,WAIT_MS" of the image tower's micro-batching
+ENV_SERVER_TIMING = "DCCLIP_SERVE_SERVER_TIMING"
 MB = 1024 * 1024
 MAX_DEFAULT_CONCURRENCY = 4
 
@@ -96,6 +100,9 @@ class ServeSettings:
     ui: bool = True  # the web page at GET / (dcclip serve --no-ui turns it off)
     index: Path | None = None  # an image index for /v1/search (dcclip serve --index)
     allow_unsealed: bool = False  # load a format-1/2 manifest without manifest_sha256 (dcclip serve --allow-unsealed)
+    batch_max: int = 1  # image tower micro-batching: up to this many images per call (1: off)
+    batch_wait_ms: float = 0.0  # ... gathered for at most this long after the first request
+    server_timing: bool = False  # a Server-Timing header on /v1/classify (benchmarks)
 
     def to_env(self) -> dict[str, str]:
         """Environment variables that ``from_env`` reads back."""
@@ -106,6 +113,8 @@ class ServeSettings:
             ENV_UI: "1" if self.ui else "0",
             ENV_INDEX: str(Path(self.index).resolve()) if self.index is not None else "",
             ENV_ALLOW_UNSEALED: "1" if self.allow_unsealed else "0",
+            ENV_BATCH: f"{int(self.batch_max)},{float(self.batch_wait_ms):g}",
+            ENV_SERVER_TIMING: "1" if self.server_timing else "0",
         }
         if self.threads is not None:
             env[ENV_THREADS] = str(int(self.threads))
@@ -121,6 +130,7 @@ class ServeSettings:
         limits = ServeLimits.from_dict(json.loads(environ[ENV_LIMITS])) if environ.get(ENV_LIMITS) else ServeLimits()
         threads = environ.get(ENV_THREADS)
         index = environ.get(ENV_INDEX)
+        batch_max, batch_wait_ms = _batch_from_env(environ.get(ENV_BATCH) or "1,0")
         return cls(
             Path(bundle),
             limits,
@@ -129,4 +139,16 @@ class ServeSettings:
             ui=environ.get(ENV_UI, "1") != "0",
             index=Path(index) if index else None,
             allow_unsealed=environ.get(ENV_ALLOW_UNSEALED, "0") == "1",
+            batch_max=batch_max,
+            batch_wait_ms=batch_wait_ms,
+            server_timing=environ.get(ENV_SERVER_TIMING, "0") == "1",
         )
+
+
+def _batch_from_env(text: str) -> tuple[int, float]:
+    """``MAX,WAIT_MS`` from DCCLIP_SERVE_BATCH; a clear error naming the variable otherwise."""
+    try:
+        size, wait = text.split(",")
+        return int(size), float(wait)
+    except ValueError as exc:
+        raise ValueError(f"{ENV_BATCH} must be 'MAX,WAIT_MS' (e.g. '8,2'), got {text!r}") from exc

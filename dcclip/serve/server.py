@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from dcclip.runtime.bundle import verify_bundle
+from dcclip.serve.batching import check_batching
 from dcclip.serve.limits import ServeLimits, ServeSettings
 
 __all__ = ["FACTORY", "serve"]
@@ -33,6 +34,9 @@ def serve(
     index: Path | None = None,
     allow_unsealed: bool = False,
     request_timeout: float = REQUEST_TIMEOUT_S,
+    batch_max: int = 1,
+    batch_wait_ms: float = 0.0,
+    server_timing: bool = False,
 ) -> None:
     """Serve ``bundle`` over HTTP until interrupted; the bundle (and ``index``) are checked before any worker starts.
 
@@ -43,6 +47,9 @@ def serve(
     that has not sent a request's head and body within ``request_timeout`` seconds too (however it trickles), idle
     keep-alive connections after ``KEEP_ALIVE_S``; beyond ``max_connections`` connections waiting for their request
     the oldest is closed, and beyond ``max_connections`` requests in flight the server answers 503 at once.
+
+    ``batch_max`` > 1 micro-batches the image tower across concurrent requests (each waits at most ``batch_wait_ms``
+    for company); ``server_timing`` adds a Server-Timing header to /v1/classify answers (benchmarks/serve_load.py).
     """
     import uvicorn
 
@@ -59,16 +66,19 @@ def serve(
 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
+    check_batching(batch_max, batch_wait_ms)
     settings = ServeSettings(
-        Path(bundle), limits or ServeLimits(), precision, threads, ui=ui, index=index, allow_unsealed=allow_unsealed
-    )
+        Path(bundle), limits or ServeLimits(), precision, threads, ui=ui, index=index, allow_unsealed=allow_unsealed,
+        batch_max=batch_max, batch_wait_ms=batch_wait_ms, server_timing=server_timing,
+    )  # fmt: skip
     manifest = verify_bundle(settings.bundle, allow_unsealed)  # a broken bundle fails here, once, not in every worker
     if workers == 1:
         from dcclip.serve.app import create_app
 
         app = create_app(
-            settings.bundle, settings.limits, precision, threads, ui=ui, index=index, allow_unsealed=allow_unsealed
-        )
+            settings.bundle, settings.limits, precision, threads, ui=ui, index=index, allow_unsealed=allow_unsealed,
+            batch_max=batch_max, batch_wait_ms=batch_wait_ms, server_timing=server_timing,
+        )  # fmt: skip
         uvicorn.run(app, host=host, port=port, log_level="info", **connection_options)
         return
     if index is not None:  # an index of another bundle fails here, once, not in every worker

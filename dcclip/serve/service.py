@@ -2,7 +2,9 @@
 
 Images are checked from their header first (size, format) and decoded only when they pass, then handed to the
 thread-safe ZeroShotClassifier as PIL images; a capacity limiter bounds how many requests run the model at once so a
-burst queues instead of oversubscribing the CPU.
+burst queues instead of oversubscribing the CPU. With ``batch_max`` > 1 the image tower runs behind a micro-batcher
+(dcclip/serve/batching.py): concurrent requests' images share one model call. ``timings`` dicts collect where a
+classify request's time went (the Server-Timing header, when the app is built with ``server_timing``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import io
 import json
 import platform
 import threading
+import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -25,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dcclip.runtime.classifier import ZeroShotClassifier
 from dcclip.runtime.preprocess import ImageDecodeError, decode_image
+from dcclip.serve.batching import BatchedModel, check_batching
 from dcclip.serve.errors import ApiError
 from dcclip.serve.forms import ClassifyQuery, ImageUpload
 from dcclip.serve.limits import ServeLimits
@@ -110,7 +114,10 @@ class Service:
         precision: str = "fp32",
         threads: int | None = None,
         allow_unsealed: bool = False,
+        batch_max: int = 1,
+        batch_wait_ms: float = 0.0,
     ) -> None:
+        check_batching(batch_max, batch_wait_ms)
         self.bundle = Path(bundle)
         self.limits = limits
         self.precision = precision
@@ -123,6 +130,12 @@ class Service:
             max_text_chars=limits.max_text_chars,
             allow_unsealed=allow_unsealed,
         )
+        self.batched: BatchedModel | None = None
+        if batch_max > 1:
+            self.batched = BatchedModel(self.classifier.model, batch_max, batch_wait_ms / 1000)
+            self.classifier.model = self.batched  # type: ignore[assignment] - same interface, batched embed_pixels
+        # batching: requests waiting on the batcher hold a worker thread, so a batch can only fill with that many
+        self.capacity = max(limits.max_concurrent_inference, batch_max)
         self._limiter: anyio.CapacityLimiter | None = None
         self._decodes = threading.BoundedSemaphore(limits.max_concurrent_decodes)
 
@@ -131,11 +144,20 @@ class Service:
         """The loaded bundle's manifest."""
         return self.classifier.model.manifest
 
-    async def run(self, func: Callable[..., T], *args: Any) -> T:
-        """Run ``func(*args)`` in a worker thread, at most ``max_concurrent_inference`` at a time."""
+    async def run(self, func: Callable[..., T], *args: Any, timings: dict[str, float] | None = None) -> T:
+        """Run ``func(*args)`` in a worker thread, at most ``capacity`` at a time (``max_concurrent_inference``, or
+        ``batch_max`` when batching); ``timings['queue']`` gets the milliseconds it waited for a thread."""
         if self._limiter is None:  # created lazily: a limiter belongs to the running event loop
-            self._limiter = anyio.CapacityLimiter(self.limits.max_concurrent_inference)
-        return await anyio.to_thread.run_sync(partial(func, *args), limiter=self._limiter)
+            self._limiter = anyio.CapacityLimiter(self.capacity)
+        call = partial(func, *args)
+        if timings is not None:
+            call = partial(_timed_start, call, timings, time.perf_counter())
+        return await anyio.to_thread.run_sync(call, limiter=self._limiter)
+
+    def close(self) -> None:
+        """Stop the micro-batcher thread, if any (the app's shutdown)."""
+        if self.batched is not None:
+            self.batched.batcher.close()
 
     def model_pixels(self, uploads: list[ImageUpload]) -> np.ndarray:
         """Every upload as model input [N, 3, S, S], decoded one at a time (at most ``max_concurrent_decodes`` in the
@@ -160,14 +182,35 @@ class Service:
             release_memory()
         return pixels
 
-    def classify(self, query: ClassifyQuery) -> list[list[tuple[str, float]]]:
-        """Decode the images and classify them against the labels (worker thread)."""
-        pixels = self.model_pixels(query.images)
-        return self.classifier.classify_pixels(pixels, query.labels, query.lang, query.templates, query.top_k)
+    def classify(self, query: ClassifyQuery, timings: dict[str, float] | None = None) -> list[list[tuple[str, float]]]:
+        """Decode the images and classify them against the labels (worker thread); ``timings`` gets milliseconds per
+        stage: decode (+ preprocess), labels (the label cache, or the text tower on a miss), model (the image tower
+        and ranking; with batching batch_wait, image and the batch's size too)."""
+        start = time.perf_counter()
+        pixels = self._pixels_for_batch(query.images)
+        if timings is None:
+            return self.classifier.classify_pixels(pixels, query.labels, query.lang, query.templates, query.top_k)
+        decoded = time.perf_counter()
+        self.classifier.class_embeddings(query.labels, query.lang, query.templates)  # cached for the call below
+        labelled = time.perf_counter()
+        ranked = self.classifier.classify_pixels(pixels, query.labels, query.lang, query.templates, query.top_k)
+        timings |= {"decode": _ms(decoded - start), "labels": _ms(labelled - decoded)}
+        timings["model"] = _ms(time.perf_counter() - labelled)
+        if self.batched is not None:
+            stats = self.batched.batcher.last_stats()
+            timings |= {"batch_wait": _ms(stats.wait_s), "image": _ms(stats.run_s), "batch": float(stats.batch)}
+        return ranked
+
+    def _pixels_for_batch(self, uploads: list[ImageUpload]) -> np.ndarray:
+        """``model_pixels``, announced to the micro-batcher while it decodes so a gathering batch waits for it."""
+        if self.batched is None:
+            return self.model_pixels(uploads)
+        with self.batched.batcher.expecting():
+            return self.model_pixels(uploads)
 
     def embed_images(self, uploads: list[ImageUpload]) -> np.ndarray:
         """Decode and embed images (worker thread)."""
-        return self.classifier.model.embed_pixels(self.model_pixels(uploads))
+        return self.classifier.model.embed_pixels(self._pixels_for_batch(uploads))
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """Embed texts (worker thread); ``check_texts`` has applied the limits."""
@@ -183,3 +226,14 @@ class Service:
             if len(text) > self.limits.max_text_chars:
                 message = f"texts[{index}] has {len(text)} characters, over max_text_chars={self.limits.max_text_chars}"
                 raise ApiError("text_too_long", message)
+
+
+def _timed_start(call: Callable[[], T], timings: dict[str, float], submitted: float) -> T:
+    """``call()``, after noting in ``timings['queue']`` how long it waited for a worker thread."""
+    timings["queue"] = _ms(time.perf_counter() - submitted)
+    return call()
+
+
+def _ms(seconds: float) -> float:
+    """Seconds as milliseconds rounded to microseconds (what Server-Timing carries)."""
+    return round(seconds * 1000, 3)
