@@ -96,7 +96,8 @@ async def classify(request: Request) -> JSONResponse:
         await form.close()
     timings: dict[str, float] | None = {} if request.app.state.server_timing else None
     parsed = time.perf_counter()
-    ranked = await service.run(service.classify, query, timings, timings=timings)
+    extra = () if timings is None else (timings,)
+    ranked = await service.run(service.classify, query, *extra, timings=timings)
     ran = time.perf_counter()
     results = [
         {"filename": image.filename, "predictions": [{"label": label, "probability": p} for label, p in rows]}
