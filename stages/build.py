@@ -40,6 +40,7 @@ class TeacherSide:
     fingerprint: str | None
     feature_dir: str | None
     fields: list[str]
+    feature_info: dict[str, Any] | None = None  # teacher.json of cached features: what they cover
 
 
 @dataclass
@@ -86,7 +87,7 @@ def teacher_side(cfg: RunConfig, needed: bool, init: ckpt.Checkpoint | None, dev
         log.info("using cached teacher features from %s (no teacher loaded)", feature_dir)
         return TeacherSide(
             None, info["spec"], info["embed_dim"], info.get("fmap_channels"), grid, info["fingerprint"],
-            feature_dir, feature_fields(info),
+            feature_dir, feature_fields(info), info,
         )  # fmt: skip
     if not cfg.teacher.spec:
         raise ValueError("teacher.spec is not set and the data holds no cached teacher features")
@@ -172,7 +173,7 @@ def build_loader(
     return ShardLoader(
         data, pre, tokenizer, rank=env.rank, world_size=env.world_size, seed=seed, feature_fields=side.fields,
         feature_source=side.feature_dir if side.feature_dir and side.feature_dir != data.train else None,
-        teacher_preprocess=teacher_pre,
+        teacher_preprocess=teacher_pre, feature_info=side.feature_info,
     )  # fmt: skip
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dcclip.data.shards import ShardError
+from dcclip.data.shards import ShardError, read_manifest, set_directories, shard_paths
 from dcclip.data.sources import (
     RemoteOptions,
     describe,
@@ -23,6 +25,7 @@ from dcclip.data.sources import (
     local_path,
     looks_like_set_directory,
     read_bytes,
+    shard_name,
 )
 
 log = logging.getLogger(__name__)
@@ -100,3 +103,69 @@ def check_fingerprint(
 def feature_fields(info: dict[str, Any]) -> list[str]:
     """The per-sample fields a feature set holds, in the order the batch builder reads them."""
     return list(info.get("fields", [IMG_EMB, TXT_EMB]))
+
+
+@dataclass(frozen=True)
+class FeatureCoverage:
+    """The data shards a feature set covers, paired by name with their feature shards, in the data's order.
+
+    ``cut`` holds the feature shards of a dry run (``cache-teacher --max-samples``): their data shard is covered only
+    up to the feature shard's last key, so the reader stops there instead of dropping every later sample.
+    """
+
+    data_urls: tuple[str, ...]
+    feature_urls: tuple[str, ...]
+    cut: frozenset[str]
+    samples: int | None  # samples with features (from the feature set's manifest); None when it has none
+    data_shards: int
+
+    @property
+    def partial(self) -> bool:
+        """True when the run can only train on part of its data: a dry-run set or fewer shards than the data."""
+        return bool(self.cut) or len(self.data_urls) < self.data_shards
+
+    def describe(self, data_samples: int | None) -> str:
+        """One line for the run's log: how much of the data the features cover and what the run trains on."""
+        covered = "?" if self.samples is None else str(self.samples)
+        total = f"{data_samples}" if data_samples else "?"
+        return (
+            f"features cover {covered} of {total} samples in {len(self.data_urls)} of {self.data_shards} shards; "
+            "training on the covered samples"
+        )
+
+
+def pair_features(data_urls: Sequence[str], feature_source: str, info: dict[str, Any]) -> FeatureCoverage:
+    """Pair feature shards with data shards by name; refuse a feature shard with no data shard of its name, and a
+    complete (not dry-run) feature set that leaves data shards out."""
+    by_name = {shard_name(url): url for url in data_urls}
+    if len(by_name) < len(data_urls):
+        raise FeatureMismatchError("the training data's shards share file names: features are paired by name")
+    features = {shard_name(url): url for url in shard_paths(feature_source)}
+    for name in features:
+        if name not in by_name:
+            raise FeatureMismatchError(
+                f"{feature_source}: feature shard {name} has no data shard of that name in the training data "
+                f"({len(data_urls)} shards, e.g. {shard_name(data_urls[0])}); these features were cached from "
+                f"{info.get('source', 'other data')}: point data.features at features of this data or re-run "
+                "`dcclip cache-teacher`"
+            )
+    names = [name for name in by_name if name in features]
+    missing = [name for name in by_name if name not in features]
+    if missing and not info.get("max_samples"):
+        raise FeatureMismatchError(
+            f"{feature_source}: features for {len(names)} of {len(by_name)} data shards (no features for "
+            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}); run `dcclip cache-teacher` over the same "
+            f"data with --out {feature_source} to cache the rest (finished shards are kept)"
+        )
+    if not names:
+        raise FeatureMismatchError(f"{feature_source}: no feature shard matches a data shard")
+    paired = tuple(features[name] for name in names)
+    cut = frozenset(paired) if info.get("max_samples") else frozenset()
+    samples = _feature_samples(feature_source)
+    return FeatureCoverage(tuple(by_name[name] for name in names), paired, cut, samples, len(by_name))
+
+
+def _feature_samples(feature_source: str) -> int | None:
+    """Samples with features, as the feature set's manifest counts them; None without a manifest."""
+    folders = set_directories(feature_source)
+    return sum(read_manifest(folder)["samples"] for folder in folders) if folders else None

@@ -19,6 +19,7 @@ import numpy as np
 
 from dcclip.config import DataConfig
 from dcclip.data.augment import augment_views
+from dcclip.data.features import pair_features
 from dcclip.data.shards import (
     CaptionFormat,
     ShardError,
@@ -51,6 +52,7 @@ class StreamPlan:
     shuffle_buffer: int
     batch_size: int
     skip_batches: int = 0
+    cut_features: frozenset[str] = frozenset()  # feature shards whose data shard is covered up to their last key
 
 
 def worker_info() -> tuple[int, int]:
@@ -90,8 +92,11 @@ def shard_pairs(plan: StreamPlan, worker: int, num_workers: int) -> Iterator[tup
         yield plan.urls[i], plan.feature_urls[i] if plan.feature_urls else None
 
 
-def merged_samples(pairs: Iterator[tuple[str, str | None]], stats: SkipStats) -> Iterator[dict[str, Any]]:
-    """Raw samples of each shard, joined key by key with the parallel feature shard when there is one."""
+def merged_samples(
+    pairs: Iterator[tuple[str, str | None]], stats: SkipStats, cut: frozenset[str] = frozenset()
+) -> Iterator[dict[str, Any]]:
+    """Raw samples of each shard, joined key by key with the parallel feature shard when there is one; a shard whose
+    features were cut short (a dry-run cache, in ``cut``) ends at its last cached key."""
     for url, feature_url in pairs:
         try:
             if feature_url is None:
@@ -105,6 +110,8 @@ def merged_samples(pairs: Iterator[tuple[str, str | None]], stats: SkipStats) ->
                 if pending is not None and pending["__key__"] == sample["__key__"]:
                     sample.update({k: v for k, v in pending.items() if not k.startswith("__")})
                     pending = next(features, None)
+                elif pending is None and feature_url in cut:
+                    break
                 yield sample
         except (OSError, EOFError, ShardError, ValueError) as exc:  # a broken tar loses its remaining samples only
             stats.record_shard(url, exc)
@@ -299,7 +306,9 @@ class EpochStream:
         worker, num_workers = logical_worker(plan.skip_batches)
         shuffle_seed = np.random.default_rng([plan.seed, plan.epoch, plan.rank, worker, 0x5F1E]).integers(2**62)
         shuffle_rng = random.Random(int(shuffle_seed))
-        stages: list[Callable] = [lambda: merged_samples(shard_pairs(plan, worker, num_workers), stats)]
+        stages: list[Callable] = [
+            lambda: merged_samples(shard_pairs(plan, worker, num_workers), stats, plan.cut_features)
+        ]
         if plan.shuffle_buffer > 1:
             stages.append(wds.shuffle(plan.shuffle_buffer, initial=min(100, plan.shuffle_buffer), rng=shuffle_rng))
         stages.append(wds.batched(plan.batch_size, collation_fn=list, partial=not plan.resampled))
@@ -377,20 +386,20 @@ class ShardLoader(EpochPosition):
         feature_fields: Sequence[str] = (),
         feature_source: str | None = None,
         teacher_preprocess: Preprocess | None = None,
+        feature_info: dict[str, Any] | None = None,
     ):
         self.cfg = cfg
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.urls = tuple(shard_paths(cfg.train))
-        self.feature_urls = tuple(shard_paths(feature_source)) if feature_source else None
-        if self.feature_urls is not None and len(self.feature_urls) != len(self.urls):
-            raise ShardError(
-                f"{feature_source}: {len(self.feature_urls)} feature shards for {len(self.urls)} data shards"
-            )
+        counts = _manifest_counts(cfg.train)
+        self.total_samples = counts["samples"]
+        self.feature_urls: tuple[str, ...] | None = None
+        self.cut_features: frozenset[str] = frozenset()
+        if feature_source:
+            self._pair_features(feature_source, feature_info or {})
         if not cfg.resampled and len(self.urls) < world_size:
             raise ShardError(f"{cfg.train}: {len(self.urls)} shards cannot be split over {world_size} ranks")
-        counts = _manifest_counts(cfg.train)
         self.langs = run_languages(cfg, counts["langs"])
-        self.total_samples = counts["samples"]
         weights = language_weights(self.langs, counts["langs"], cfg.caption_sampling, cfg.temperature)
         self.builder = BatchBuilder(
             preprocess,
@@ -408,6 +417,14 @@ class ShardLoader(EpochPosition):
         self.batch_in_epoch = 0
         self.skipped_samples = 0
         self.pending_failed_shards: list[str] = []  # from a worker's last record; reported with the next batch
+
+    def _pair_features(self, feature_source: str, info: dict[str, Any]) -> None:
+        """Read only the data shards the feature set covers (a dry-run cache covers part), and say so once."""
+        cover = pair_features(self.urls, feature_source, info)
+        self.feature_urls, self.cut_features = cover.feature_urls, cover.cut
+        if cover.partial:
+            log.info(cover.describe(self.total_samples))
+            self.urls, self.total_samples = cover.data_urls, cover.samples or 0
 
     @property
     def batches_per_epoch(self) -> int | None:
@@ -431,6 +448,7 @@ class ShardLoader(EpochPosition):
             shuffle_buffer=self.cfg.shuffle_buffer,
             batch_size=self.cfg.batch_size,
             skip_batches=self.batch_in_epoch,
+            cut_features=self.cut_features,
         )
 
     def _data_loader(self, stream: EpochStream) -> Any:
