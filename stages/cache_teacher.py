@@ -2,7 +2,9 @@
 
 Each data shard gets a feature shard of the same name holding ``img_emb`` (fp16), optional ``img_fmap`` (fp16) and
 ``txt_emb`` (fp16, the source caption) under the same keys. Ranks take disjoint shards; finished shards are kept, so
-a restarted run only does the rest. ``teacher.json`` records the teacher and its fingerprint.
+a restarted run only does the rest. ``teacher.json`` records the teacher and its fingerprint, and what the features
+cover: the data shards by name (``shards``), the samples with features (``samples``: the feature shards' keys) and
+``max_samples`` of a dry run, whose shards cover their data shard only up to their last key.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from dcclip.config import RunConfig
 from dcclip.data.features import IMG_EMB, IMG_FMAP, TEACHER_JSON, TXT_EMB, npy_bytes, teacher_json
 from dcclip.data.pipeline import caption_format
+from dcclip.data.shard_validate import count_reasons, reason_kind
 from dcclip.data.shards import (
     MANIFEST_NAME,
     CaptionFormat,
@@ -44,7 +47,8 @@ log = logging.getLogger(__name__)
 def decoded_samples(
     url: str, teacher: Any, skipped: list[str], fmt: CaptionFormat
 ) -> Iterator[tuple[str, torch.Tensor, str]]:
-    """(key, teacher pixels, source caption) of one shard; undecodable samples are skipped and named."""
+    """(key, teacher pixels, source caption) of one shard; undecodable samples are skipped, logged and their reason
+    kept in ``skipped``."""
     for sample in iter_tar_samples(url):
         key = sample["__key__"]
         try:
@@ -53,7 +57,7 @@ def decoded_samples(
             source = meta["captions"][meta.get("source_lang") or next(iter(meta["captions"]))]
         except (ShardError, ImageDecodeError, KeyError, ValueError) as exc:
             log.warning("%s: skipping %s: %s", url, key, exc)
-            skipped.append(key)
+            skipped.append(reason_kind(str(exc), key))
             continue
         yield key, pixels, source
 
@@ -117,6 +121,7 @@ def cache_features(cfg: RunConfig, out: str, env: DistEnv, max_samples: int | No
     todo = [u for u in mine if not exists(join(out, shard_name(u)))]
     skipped: list[str] = []
     failed: list[str] = []
+    written: list[str] = []
     done = 0
     started = time.perf_counter()
     fmt = caption_format(cfg.data)
@@ -130,18 +135,25 @@ def cache_features(cfg: RunConfig, out: str, env: DistEnv, max_samples: int | No
                 samples = itertools.islice(samples, budget - done)
             try:
                 done += folder.write_shard(shard_name(url), samples)
+                written.append(shard_name(url))
             except ShardError as exc:
                 log.error("%s: shard left out, run cache-teacher again to redo it (%s)", describe(url), exc)
                 failed.append(describe(url))
         seconds = time.perf_counter() - started
         done, n_skipped = all_reduce_sum_int(done, env.device), all_reduce_sum_int(len(skipped), env.device)
         n_failed = all_reduce_sum_int(len(failed), env.device)
+        reused = all_reduce_sum_int(len(mine) - len(todo), env.device)
+        if not (done or reused or n_failed):
+            folder.discard(written)
+            raise ValueError(nothing_cached(cfg.data.train, out, len(todo), n_skipped, skipped, folder.remote, written))
         barrier()
         if env.is_main and not n_failed:
-            written = [u for u in urls if exists(join(out, shard_name(u)))] if max_samples else urls
-            folder.write_json(MANIFEST_NAME, feature_manifest(out, written))
-            record = teacher_record(cfg, teacher, with_fmap, written)
-            folder.write_json(TEACHER_JSON, teacher_json({**record, "max_samples": max_samples}))
+            covered = [u for u in urls if exists(join(out, shard_name(u)))] if max_samples else urls
+            manifest = feature_manifest(out, covered)
+            folder.write_json(MANIFEST_NAME, manifest)
+            record = teacher_record(cfg, teacher, with_fmap, covered)
+            coverage = {"max_samples": max_samples, "samples": manifest["samples"]}
+            folder.write_json(TEACHER_JSON, teacher_json({**record, **coverage}))
     summary = {
         "out": str(out),
         "shards": len(urls),
@@ -156,6 +168,15 @@ def cache_features(cfg: RunConfig, out: str, env: DistEnv, max_samples: int | No
     }
     log.info("cached teacher features: %s", summary)
     return summary
+
+
+def nothing_cached(
+    train: str, out: str, shards: int, n_skipped: int, reasons: list[str], remote: bool, written: list[str]
+) -> str:
+    """The error of a run that encoded no sample at all: the data, how many samples were skipped and why."""
+    why = f"all {n_skipped} samples skipped ({count_reasons(reasons)})" if n_skipped else "the shards hold no samples"
+    left = f"; remove {', '.join(written[:3])} from {out} before running again" if remote and written else ""
+    return f"{describe(train)}: no sample could be encoded in {shards} shard(s), {why}; nothing was cached{left}"
 
 
 def _check_same_limit(out: str, max_samples: int | None) -> None:
@@ -205,6 +226,12 @@ class OutputFolder:
         count = write_shard(self.local / name, samples)
         self._publish(name)
         return count
+
+    def discard(self, names: list[str]) -> None:
+        """Remove shards this run wrote locally (empty ones, so a later run does not take them as finished)."""
+        if not self.remote and self.local is not None:
+            for name in names:
+                (self.local / name).unlink(missing_ok=True)
 
     def write_json(self, name: str, content: dict[str, Any]) -> None:
         assert self.local is not None

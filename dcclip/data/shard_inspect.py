@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from dcclip.data.shard_validate import count_reasons
 from dcclip.data.shards import (
     DCCLIP_CAPTIONS,
     DUPLICATE_FIELD,
@@ -70,27 +71,35 @@ class _Stats:
     unreadable: int = 0
     duplicates: int = 0  # samples whose key came before in the same shard (never merged with the first)
     oversized: int = 0  # samples with a member over the member-size limit (never read)
+    usable: int = 0  # samples whose image header and captions read
+    skips: Counter = field(default_factory=Counter)  # why the other samples are unusable, one reason each
 
     def add(self, sample: dict[str, Any], fmt: CaptionFormat = DCCLIP_CAPTIONS) -> None:
         """Count one raw sample: image size and format, then each caption's language and length."""
         if ERROR_FIELD in sample:
             self.duplicates += DUPLICATE_FIELD in sample
             self.oversized += DUPLICATE_FIELD not in sample
+            self.skips["duplicate key" if DUPLICATE_FIELD in sample else "member over the size limit"] += 1
             return
-        self._add_image(sample)
+        image_ok = self._add_image(sample)
         try:
             captions = parse_meta(sample, fmt)["captions"]
         except ShardError:
             self.unreadable += 1
+            self.skips["image does not decode" if not image_ok else "captions unreadable"] += 1
             return
+        if not image_ok:
+            self.skips["image does not decode"] += 1
+        self.usable += image_ok
         for lang, text in captions.items():
             self.langs[lang] += 1
             self.chars.setdefault(lang, _Range()).add(len(text))
             if _language_base(lang) not in _NO_SPACE_LANGS:
                 self.words.setdefault(lang, _Range()).add(len(text.split()))
 
-    def _add_image(self, sample: dict[str, Any]) -> None:
-        """Image size and format from the header only, which is enough for statistics and much faster."""
+    def _add_image(self, sample: dict[str, Any]) -> bool:
+        """Image size and format from the header only, which is enough for statistics and much faster; False when
+        there is no image or its header does not read."""
         ext = image_field(sample)
         try:
             with Image.open(io.BytesIO(sample[ext])) as img:
@@ -99,6 +108,8 @@ class _Stats:
                 self.formats[img.format or "?"] += 1
         except Exception:  # a missing or broken image is counted, not fatal: inspect is for looking
             self.unreadable += 1
+            return False
+        return True
 
 
 def _language_base(lang: str) -> str:
@@ -133,6 +144,9 @@ def inspect_shards(
     if not seen:  # nothing to describe is an error, never an empty table and exit 0
         why = f": {errors[0]}" if errors else " (the tar files hold no samples)"
         raise ValueError(f"{source}: not a readable shard set, no sample could be read{why}")
+    if not stats.usable:  # every sample unusable: described, but the command fails like validate does
+        reasons = count_reasons(stats.skips.elements())
+        errors.append(f"{source}: no usable sample: all {seen} samples are unreadable ({reasons})")
     result = _stats_dict(source, paths, seen, stats, errors)
     if contact_sheet is not None:
         render_contact_sheet([s for _, s in sorted(picks, key=lambda p: p[0])], Path(contact_sheet), fmt)

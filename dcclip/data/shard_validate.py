@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,36 +40,66 @@ class Problem:
 
 @dataclass
 class ValidationReport:
-    """What ``validate_shards`` checked and every problem it found."""
+    """What ``validate_shards`` checked and every problem it found; ``usable`` counts samples with no problem."""
 
     shards: int = 0
     samples: int = 0
     problems: list[Problem] = field(default_factory=list)
+    usable: int = 0
+    source: str = ""
 
     @property
     def ok(self) -> bool:
-        """True when every shard read to its end and every sample decoded."""
-        return not self.problems
+        """True when every shard read to its end and every sample decoded; a set with no usable sample never is."""
+        return not self.problems and self.usable > 0
 
     def format_table(self) -> str:
         """Aligned table of shard, key and reason, closed by a totals line; just the totals line when all is well."""
         total = f"checked {self.shards} shards, {self.samples} samples: "
         if self.ok:
             return total + "all OK"
-        rows = [("shard", "key", "reason")] + [(p.shard, p.key, p.reason) for p in self.problems]
-        w_shard = max(len(r[0]) for r in rows)
-        w_key = max(len(r[1]) for r in rows)
-        lines = [f"{s:<{w_shard}}  {k:<{w_key}}  {r}" for s, k, r in rows]
-        lines.insert(1, f"{'-' * w_shard}  {'-' * w_key}  {'-' * 6}")
+        lines = []
+        if self.problems:
+            rows = [("shard", "key", "reason")] + [(p.shard, p.key, p.reason) for p in self.problems]
+            w_shard = max(len(r[0]) for r in rows)
+            w_key = max(len(r[1]) for r in rows)
+            lines = [f"{s:<{w_shard}}  {k:<{w_key}}  {r}" for s, k, r in rows]
+            lines.insert(1, f"{'-' * w_shard}  {'-' * w_key}  {'-' * 6}")
         lines.append(total + f"{len(self.problems)} problem(s)")
+        if not self.usable:
+            lines.append(self.nothing_usable())
         return "\n".join(lines)
+
+    def nothing_usable(self) -> str:
+        """Why the set is unusable as a whole: no sample at all, or every one skipped, with counts per reason."""
+        where = f"{self.source}: " if self.source else ""
+        if not self.samples:
+            return f"{where}no usable sample: the {self.shards} shard(s) hold no samples"
+        first = {(p.shard, p.key): p.reason for p in reversed(self.problems) if p.key != "-"}  # one per sample
+        reasons = count_reasons(reason_kind(reason, key) for (_, key), reason in first.items())
+        return f"{where}no usable sample: all {self.samples} samples would be skipped ({reasons})"
+
+
+def reason_kind(reason: str, key: str = "") -> str:
+    """A skip reason without the sample's key or details (paths, decoder text), so that like causes count together."""
+    text = reason.replace(f"sample {key}: ", "").replace(key, "KEY") if key else reason
+    head, sep, _ = text.partition(": ")
+    if sep and head.isidentifier():  # "UnidentifiedImageError: cannot identify image file ..."
+        return head
+    return text.split(" (", 1)[0]
+
+
+def count_reasons(kinds: Iterable[str]) -> str:
+    """``3 × no image field; 1 × UnidentifiedImageError``: how many inputs were skipped for each reason."""
+    counts = Counter(kinds)
+    return "; ".join(f"{n} × {kind}" for kind, n in counts.most_common()) or "no reason recorded"
 
 
 def validate_shards(
     source: str | Path, progress: bool = True, fmt: CaptionFormat = DCCLIP_CAPTIONS
 ) -> ValidationReport:
     """Decode every image, parse every caption and read every tar to its end; report each problem with shard and key."""
-    report = ValidationReport()
+    report = ValidationReport(source=str(source))
     expected = _manifest_counts(source)
     seen: dict[str, str] = {}
     for path in progress_bar(shard_paths(source), None, progress, "shards validate"):
@@ -101,7 +133,9 @@ def _validate_shard(path: str, report: ValidationReport, seen: dict[str, str], f
             if key in seen and DUPLICATE_FIELD not in sample:  # a duplicate within the shard says so itself
                 report.problems.append(Problem(path, key, f"duplicate key (also in {seen[key]})"))
             seen.setdefault(key, path)
-            report.problems.extend(Problem(path, key, reason) for reason in sample_problems(sample, fmt))
+            problems = sample_problems(sample, fmt)
+            report.problems.extend(Problem(path, key, reason) for reason in problems)
+            report.usable += not problems
     except (ShardError, OSError) as exc:
         report.problems.append(Problem(path, "-", str(exc).removeprefix(f"{path}: ")))
     return count

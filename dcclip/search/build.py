@@ -29,6 +29,7 @@ from PIL import Image
 
 from dcclip import __version__
 from dcclip.data.progress import progress_bar
+from dcclip.data.shard_validate import count_reasons, reason_kind
 from dcclip.data.shards import chunked
 from dcclip.data.sources import is_local, local_path
 from dcclip.io import (
@@ -239,8 +240,30 @@ def index_images(
             metas.append(part.meta())
             counts["embedded"] += len(chunk)
             bar.update(len(chunk))
+    refuse_nothing_indexed(out, source, base, metas, counts)
     manifest = consolidate(out, model, source, base, metas, ann)
     return summarise(out, manifest, base, metas, counts, time.perf_counter() - start)
+
+
+def refuse_nothing_indexed(
+    out: Path, source: str, base: Base, metas: list[dict[str, Any]], counts: Counter[str]
+) -> None:
+    """A run that found no image to embed, none of them already indexed, is an error (SearchIndexError): it names
+    the source and counts the skipped inputs per reason; the index is left as it was (a build writes none)."""
+    if counts["already"] or any(m["items"] for m in metas):
+        return
+    skipped = [row["reason"] for m in metas for row in m["skipped"]]
+    shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
+    thumbs = out / THUMBS_DIR
+    if base.manifest is None and thumbs.is_dir() and not any(thumbs.iterdir()):
+        thumbs.rmdir()
+    unchanged = "the index is unchanged" if base.manifest is not None else "no index was written"
+    if not skipped:
+        raise SearchIndexError(f"{source}: no images found (the source holds no samples); {unchanged}")
+    reasons = count_reasons(reason_kind(reason) for reason in skipped)
+    raise SearchIndexError(
+        f"{source}: no image could be indexed, all {len(skipped)} inputs skipped ({reasons}); {unchanged}"
+    )
 
 
 def pending(
