@@ -596,3 +596,20 @@ def test_repeated_accept_errors_are_logged_once_per_interval(caplog):
         assert "499 more like this" in caplog.records[-1].getMessage()
     finally:
         logger.removeFilter(repeat)
+
+
+def test_several_workers_start_answer_and_keep_the_read_timeout(bundle, tmp_path):
+    """``--workers 2`` spawns processes: the protocol with its timeouts must reach them (it once failed to pickle)."""
+    command = [sys.executable, "-m", "dcclip", "serve", "--bundle", str(bundle), "--workers", "2", "--threads", "1"]
+    running = ServerProcess(lambda port: [*command, "--port", str(port), "--read-timeout", "1"], tmp_path / "log")
+    try:
+        running.wait_ready()
+        with httpx.Client(base_url=running.url, timeout=TIMEOUT) as http:
+            assert http.post("/v1/classify", files=image_files(GOOD_PNG), data={"labels": LABELS}).status_code == 200
+        sock = socket.create_connection(("127.0.0.1", running.port), timeout=10)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        assert sock.recv(1) == b"", "a worker closes a connection whose client stalls"
+        sock.close()
+    finally:
+        running.close()
+    assert "nothing received for 1 s" in (tmp_path / "log").read_text()

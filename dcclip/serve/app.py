@@ -8,6 +8,7 @@ import when ``serve`` runs several.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -246,6 +247,7 @@ def create_app(
 
 def app_from_env() -> FastAPI:
     """The app described by the DCCLIP_SERVE_* environment variables (uvicorn's factory in worker processes)."""
+    worker_logging()
     settings = ServeSettings.from_env()
     return create_app(
         settings.bundle,
@@ -259,3 +261,13 @@ def app_from_env() -> FastAPI:
         batch_wait_ms=settings.batch_wait_ms,
         server_timing=settings.server_timing,
     )
+
+
+def worker_logging() -> None:
+    """In a spawned worker with no logging set up, log as ``dcclip serve`` does (dcclip at INFO, others WARNING), so
+    a worker's own lines (connections closed for stalling) reach the server log as the single process's do."""
+    if logging.getLogger().handlers:
+        return
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if logging.getLogger("dcclip").level == logging.NOTSET:
+        logging.getLogger("dcclip").setLevel(logging.INFO)

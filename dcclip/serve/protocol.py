@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import OrderedDict
 from typing import Any
@@ -25,6 +26,8 @@ from typing import Any
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger("dcclip.serve")
+ENV_PROTOCOL = "DCCLIP_SERVE_PROTOCOL"  # "READ_TIMEOUT,REQUEST_TIMEOUT,MAX_PENDING" for worker processes
+WORKER_PROTOCOL = "dcclip.serve.protocol:WorkerH11Protocol"
 
 
 class ReadTimeoutH11Protocol(H11Protocol):
@@ -126,6 +129,42 @@ def protocol_with_timeout(
         "pending": OrderedDict(),
     }
     return type("ReadTimeoutH11Protocol", (ReadTimeoutH11Protocol,), settings)
+
+
+def worker_protocol(read_timeout: float, request_timeout: float = 30.0, max_pending: int = 512) -> str:
+    """For several uvicorn workers: check the settings, export them for the workers, return the protocol's import
+    string (a class made at run time, as ``protocol_with_timeout`` makes, cannot be sent to a spawned worker)."""
+    protocol_with_timeout(read_timeout, request_timeout, max_pending)  # the same checks
+    os.environ[ENV_PROTOCOL] = f"{float(read_timeout)!r},{float(request_timeout)!r},{int(max_pending)}"
+    return WORKER_PROTOCOL
+
+
+class WorkerH11Protocol(ReadTimeoutH11Protocol):
+    """``ReadTimeoutH11Protocol`` in a worker process, its settings read from DCCLIP_SERVE_PROTOCOL at first use."""
+
+    configured = False  # configure_worker_protocol sets the timeouts and this process's pending table
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if not WorkerH11Protocol.configured:
+            configure_worker_protocol(os.environ.get(ENV_PROTOCOL, ""))
+        super().connection_made(transport)
+
+
+def configure_worker_protocol(text: str) -> None:
+    """Set WorkerH11Protocol's timeouts from ``READ,REQUEST,MAX_PENDING`` (empty: the class defaults)."""
+    if text:
+        try:
+            read, request, pending = text.split(",")
+            checked = protocol_with_timeout(float(read), float(request), int(pending))
+        except ValueError as exc:
+            raise ValueError(
+                f"{ENV_PROTOCOL} must be 'READ_TIMEOUT,REQUEST_TIMEOUT,MAX_PENDING', got {text!r}"
+            ) from exc
+        WorkerH11Protocol.read_timeout = checked.read_timeout
+        WorkerH11Protocol.request_timeout = checked.request_timeout
+        WorkerH11Protocol.max_pending = checked.max_pending
+    WorkerH11Protocol.pending = OrderedDict()
+    WorkerH11Protocol.configured = True
 
 
 class RepeatFilter(logging.Filter):

@@ -53,7 +53,7 @@ def serve(
     """
     import uvicorn
 
-    from dcclip.serve.protocol import install_repeat_filter, protocol_with_timeout
+    from dcclip.serve.protocol import install_repeat_filter, protocol_with_timeout, worker_protocol
 
     if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
         raise ValueError(f"max_connections must be a positive int, got {max_connections!r}")
@@ -85,7 +85,8 @@ def serve(
         from dcclip.serve.search import open_index
 
         open_index(Path(index), manifest)
-    # Worker processes need an import string: they rebuild the app from the settings exported here.
+    # Worker processes need import strings: they rebuild the app and the protocol from the settings exported here.
     os.environ.update(settings.to_env())
+    connection_options["http"] = worker_protocol(read_timeout, request_timeout, max_connections)
     log.info("starting %d workers on %s:%d", workers, host, port)
     uvicorn.run(FACTORY, factory=True, host=host, port=port, workers=workers, log_level="info", **connection_options)
