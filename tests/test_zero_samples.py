@@ -185,3 +185,23 @@ def test_a_complete_feature_set_missing_shards_is_refused_with_the_fix(toy_world
         ShardLoader(
             cfg, PRE, tokenizer, feature_fields=["img_emb.npy"], feature_source=str(dry_run_features), feature_info=info
         )
+
+
+def test_a_resampled_stream_with_no_usable_sample_fails_instead_of_drawing_forever(tmp_path, tokenizer, monkeypatch):
+    import itertools
+
+    import dcclip.data.pipeline as pipeline
+
+    endless = pipeline.shard_pairs
+    monkeypatch.setattr(pipeline, "shard_pairs", lambda *a: itertools.islice(endless(*a), 50))  # old code: no hang
+    data = corrupt_shard(tmp_path / "data" / "shard-000000.tar", n=6).parent
+    cfg = DataConfig(train=str(data), batch_size=4, workers=0, resampled=True, epoch_samples=8, shuffle_buffer=0)
+    with pytest.raises(ValueError, match=r"no usable sample in the 1 training shard\(s\) .*4 × no image field"):
+        next(iter(ShardLoader(cfg, PRE, tokenizer)))
+
+
+def test_a_decoder_message_naming_a_buffer_address_is_warned_once():
+    from dcclip.data.pipeline import skip_kind
+
+    reason = "cannot identify image file <_io.BytesIO object at 0x{}>"
+    assert skip_kind("k001", reason.format("7f01")) == skip_kind("k002", reason.format("7f02")) == reason[:26]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,28 +94,37 @@ def shard_pairs(plan: StreamPlan, worker: int, num_workers: int) -> Iterator[tup
 
 
 def merged_samples(
-    pairs: Iterator[tuple[str, str | None]], stats: SkipStats, cut: frozenset[str] = frozenset()
+    pairs: Iterator[tuple[str, str | None]], stats: SkipStats, cut: frozenset[str] = frozenset(), distinct: int = 0
 ) -> Iterator[dict[str, Any]]:
-    """Raw samples of each shard, joined key by key with the parallel feature shard when there is one; a shard whose
-    features were cut short (a dry-run cache, in ``cut``) ends at its last cached key."""
+    """Raw samples of each shard, joined key by key with the parallel feature shard when there is one; ``stats``
+    learns when all ``distinct`` shards have been read through (so a stream with no usable sample can end)."""
     for url, feature_url in pairs:
         try:
-            if feature_url is None:
-                yield from iter_tar_samples(url)
-                continue
-            features = iter_tar_samples(feature_url)
-            pending = next(features, None)
-            for sample in iter_tar_samples(url):
-                # Feature shards hold the same keys in the same order, minus samples that failed when cached;
-                # such a sample goes on without features and the batch builder drops and counts it.
-                if pending is not None and pending["__key__"] == sample["__key__"]:
-                    sample.update({k: v for k, v in pending.items() if not k.startswith("__")})
-                    pending = next(features, None)
-                elif pending is None and feature_url in cut:
-                    break
+            for sample in shard_samples(url, feature_url, feature_url in cut):
+                stats.samples_read += 1
                 yield sample
         except (OSError, EOFError, ShardError, ValueError) as exc:  # a broken tar loses its remaining samples only
             stats.record_shard(url, exc)
+        stats.shard_done(url, distinct)
+
+
+def shard_samples(url: str, feature_url: str | None, cut: bool) -> Iterator[dict[str, Any]]:
+    """One shard's raw samples with their cached features; a ``cut`` feature shard (a dry-run cache) covers its data
+    shard only up to its last key, so the shard ends there."""
+    if feature_url is None:
+        yield from iter_tar_samples(url)
+        return
+    features = iter_tar_samples(feature_url)
+    pending = next(features, None)
+    for sample in iter_tar_samples(url):
+        # Feature shards hold the same keys in the same order, minus samples that failed when cached;
+        # such a sample goes on without features and the batch builder drops and counts it.
+        if pending is not None and pending["__key__"] == sample["__key__"]:
+            sample.update({k: v for k, v in pending.items() if not k.startswith("__")})
+            pending = next(features, None)
+        elif pending is None and cut:
+            return
+        yield sample
 
 
 SKIPS_ONLY = "skips_only"  # a stream record that only reports skipped samples, not a batch
@@ -125,9 +135,12 @@ NO_LANGUAGE_FIX = (
 )
 
 
+OBJECT_ADDRESS = re.compile(r" <[^<>]* at 0x[0-9a-fA-F]+>")  # PIL names the in-memory buffer, one per sample
+
+
 def skip_kind(key: str, reason: str) -> str:
     """A reason without the sample's own key, so every sample skipped for the same cause maps to one warning."""
-    text = reason.replace(f"sample {key}: ", "").replace(key, "KEY")
+    text = OBJECT_ADDRESS.sub("", reason.replace(f"sample {key}: ", "").replace(key, "KEY"))
     return NO_LANGUAGE if NO_LANGUAGE in text else text
 
 
@@ -139,6 +152,10 @@ class SkipStats:
     keys: list[str] = field(default_factory=list)
     shards: list[str] = field(default_factory=list)  # URLs of shards that could not be read to the end
     warned: set[str] = field(default_factory=set)  # reasons already logged: each is said once, then counted
+    kinds: dict[str, int] = field(default_factory=dict)  # samples skipped per reason, over the stream's life
+    samples_read: int = 0  # raw samples the shards gave
+    shards_read: set[str] = field(default_factory=set)  # shards read to their end (or to their damage)
+    read_when_all_done: int | None = None  # samples_read when the last distinct shard was first read through
 
     def record(self, key: str, reason: str) -> None:
         """Count a skipped sample; its reason is logged the first time only (200 identical lines helped nobody)."""
@@ -146,6 +163,7 @@ class SkipStats:
         if len(self.keys) < 16:
             self.keys.append(key)
         kind = skip_kind(key, reason)
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
         if kind in self.warned:
             log.debug("skipping sample %s: %s", key, reason)
             return
@@ -157,6 +175,12 @@ class SkipStats:
         """A shard that failed (after its retries): counted as one skip, its URL kept for metrics.jsonl."""
         self.record(describe(url), f"shard unreadable, its remaining samples skipped: {exc}")
         self.shards.append(describe(url))
+
+    def shard_done(self, url: str, distinct: int) -> None:
+        """Note a shard read through; once all ``distinct`` shards are, remember how many samples that took."""
+        self.shards_read.add(url)
+        if self.read_when_all_done is None and len(self.shards_read) >= distinct:
+            self.read_when_all_done = self.samples_read
 
     def take_shards(self) -> list[str]:
         out, self.shards = self.shards, []
@@ -306,8 +330,9 @@ class EpochStream:
         worker, num_workers = logical_worker(plan.skip_batches)
         shuffle_seed = np.random.default_rng([plan.seed, plan.epoch, plan.rank, worker, 0x5F1E]).integers(2**62)
         shuffle_rng = random.Random(int(shuffle_seed))
+        distinct = len(set(plan.urls))
         stages: list[Callable] = [
-            lambda: merged_samples(shard_pairs(plan, worker, num_workers), stats, plan.cut_features)
+            lambda: merged_samples(shard_pairs(plan, worker, num_workers), stats, plan.cut_features, distinct)
         ]
         if plan.shuffle_buffer > 1:
             stages.append(wds.shuffle(plan.shuffle_buffer, initial=min(100, plan.shuffle_buffer), rng=shuffle_rng))
@@ -323,12 +348,17 @@ class EpochStream:
             if next(raw, None) is None:
                 return
         index = worker_skip(plan.skip_batches, worker, num_workers)
+        produced, decoded = index > 0, 0  # batches skipped on resume were usable the first time
         for raw_batch in raw:
             rng = np.random.default_rng([plan.seed, plan.epoch, plan.rank, worker, index])
             index += 1
+            decoded += len(raw_batch)
             batch = self.builder(raw_batch, rng, stats)
             if batch is not None:
+                produced = True
                 yield batch
+            elif not produced and plan.resampled and decoded >= (stats.read_when_all_done or math.inf):
+                raise ShardError(no_usable_sample(plan, stats))  # a resampled stream would draw forever
         if stats.count:  # skips after the last batch (a trailing unreadable shard) are reported too
             n_skipped, skipped_keys = stats.take()
             yield {
@@ -337,6 +367,16 @@ class EpochStream:
                 "skipped_keys": skipped_keys,
                 "failed_shards": stats.take_shards(),
             }
+
+
+def no_usable_sample(plan: StreamPlan, stats: SkipStats) -> str:
+    """Why a stream ended before its first batch: every shard read through, every sample skipped, per reason."""
+    reasons = "; ".join(f"{n} × {kind}" for kind, n in sorted(stats.kinds.items(), key=lambda item: -item[1]))
+    shards = len(set(plan.urls))
+    return (
+        f"no usable sample in the {shards} training shard(s) ({describe(plan.urls[0])}{' ...' if shards > 1 else ''}):"
+        f" all {sum(stats.kinds.values())} samples drawn were skipped ({reasons})"
+    )
 
 
 class _IterableAdapter:
