@@ -7,7 +7,7 @@ import itertools
 import json
 from pathlib import Path
 
-from dcclip.cli.common import INPUT_EXIT, _caption_format, _shards_arg, _split_list
+from dcclip.cli.common import INPUT_EXIT, _caption_format, _print_run_summary, _shards_arg, _split_list
 
 
 def _cmd_world(args: argparse.Namespace) -> int:
@@ -193,8 +193,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     cfg = _run_config(args, ["stage=distill"])
     if args.print_config:
         return _print_config(cfg)
-    summary = run(cfg)
-    print(json.dumps(summary, indent=2))
+    _print_run_summary(run(cfg))
     return 0
 
 
@@ -220,8 +219,7 @@ def _cmd_align(args: argparse.Namespace) -> int:
     if cfg.loss.contrastive <= 0:
         what = f"{args.config} is a stage-1 config" if args.config else "no --config given"
         raise ConfigError(f"stage 2 needs loss.contrastive > 0 and {what}; {_align_config_hint(args.config)}")
-    summary = run(cfg)
-    print(json.dumps(summary, indent=2))
+    _print_run_summary(run(cfg))
     return 0
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -39,6 +41,12 @@ EXTRAS = {
     "index": ("faiss",),
     "browser": ("selenium",),
 }
+
+
+def _print_run_summary(summary: dict) -> None:
+    """Print a training run's summary as JSON once: under torchrun only rank 0 (the rank that wrote the checkpoint)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
 
 
 def _positive_int(text: str) -> int:
