@@ -67,10 +67,13 @@ def probe_image(upload: ImageUpload, max_pixels: int, where: str, size_hint: int
     return decoded
 
 
-def decode_upload(upload: ImageUpload, max_pixels: int, where: str, size_hint: int | None = None) -> Image.Image:
-    """Header checks, then a full decode (JPEGs at a reduced scale with ``size_hint``); a truncated or corrupt image is
-    a 400 naming the upload."""
-    probe_image(upload, max_pixels, where, size_hint)
+def decode_upload(
+    upload: ImageUpload, max_pixels: int, where: str, size_hint: int | None = None, probed: bool = False
+) -> Image.Image:
+    """Header checks (unless the caller ``probed`` already), then a full decode (JPEGs at a reduced scale with
+    ``size_hint``); a truncated or corrupt image is a 400 naming the upload."""
+    if not probed:
+        probe_image(upload, max_pixels, where, size_hint)
     try:
         return decode_image(upload.data, max_pixels=max_pixels, size_hint=size_hint)
     except ImageDecodeError as exc:
@@ -181,7 +184,8 @@ class Service:
         try:
             for index, item in enumerate(uploads):
                 with self._decodes:
-                    pixels[index] = model.preprocess(decode_upload(item, limits.max_image_pixels, where[index], hint))
+                    image = decode_upload(item, limits.max_image_pixels, where[index], hint, probed=True)
+                    pixels[index] = model.preprocess(image)
         finally:
             if total >= TRIM_MIN_PIXELS:
                 release_memory()
