@@ -22,6 +22,7 @@ from torch import nn
 
 from dcclip import checkpoint as ckpt
 from dcclip.config import OptimConfig, TrainConfig
+from dcclip.data.shard_manifest import ShardError
 from dcclip.engine.cpu_memory import keep_freed_memory
 from dcclip.engine.distributed import DistEnv, all_reduce_mean, all_reduce_sum_int, barrier
 from dcclip.engine.metrics import MetricsWriter, Throughput, format_rate
@@ -77,7 +78,7 @@ def forever(loader: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
             yield batch
         if not produced:
             skipped = getattr(loader, "skipped_samples", 0)
-            raise RuntimeError(
+            raise ShardError(  # an input error: the CLI prints it in one line and exits 1
                 f"the data stream produced no batch in a whole epoch ({skipped} samples or unreadable shards skipped "
                 "so far; the warnings above name them)"
             )
