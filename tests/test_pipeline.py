@@ -94,6 +94,7 @@ def test_corrupt_image_is_skipped_counted_and_named(tmp_path, tokenizer):
 
 
 def test_an_unreadable_shard_is_counted_even_with_no_batch_after_it(tmp_path, tokenizer):
+    from dcclip.data.shard_manifest import ShardError
     from dcclip.engine.loop import forever
 
     shards = write_shard_set(tmp_path / "set", n=6, per_shard=6)
@@ -105,7 +106,7 @@ def test_an_unreadable_shard_is_counted_even_with_no_batch_after_it(tmp_path, to
     alone = tmp_path / "alone"
     alone.mkdir()
     (alone / "x.tar").write_bytes(b"garbage" * 100)
-    with pytest.raises(RuntimeError, match=r"no batch in a whole epoch \(1 samples or unreadable shards skipped"):
+    with pytest.raises(ShardError, match=r"no batch in a whole epoch \(1 samples or unreadable shards skipped"):
         next(forever(loader(tokenizer, alone, resampled=False)))
 
 
