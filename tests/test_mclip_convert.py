@@ -26,7 +26,9 @@ NUM_DIMS = 32  # the embedding size of the tiny open_clip image teacher it is pa
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def write_published(root: Path, weights: str = "pytorch_model.bin", drop: tuple[str, ...] = ()) -> Path:
+def write_published(
+    root: Path, weights: str = "pytorch_model.bin", drop: tuple[str, ...] = (), extra: dict | None = None
+) -> Path:
     """A tiny checkpoint in the published M-CLIP layout; the base encoder's config.json sits in ``root/base``."""
     torch.manual_seed(0)
     base_config = transformers.XLMRobertaConfig(vocab_size=40, max_position_embeddings=18, pad_token_id=1, **TINY_BERT)
@@ -35,7 +37,7 @@ def write_published(root: Path, weights: str = "pytorch_model.bin", drop: tuple[
     linear = torch.nn.Linear(TINY_BERT["hidden_size"], NUM_DIMS)
     state = {f"transformer.{k}": v for k, v in encoder.state_dict().items()}
     state.update({f"LinearTransformation.{k}": v for k, v in linear.state_dict().items()})
-    state = {k: v.contiguous() for k, v in state.items() if k not in drop}
+    state = {k: v.contiguous() for k, v in {**state, **(extra or {})}.items() if k not in drop}
     src = root / "M-CLIP-tiny"
     src.mkdir()
     if weights.endswith(".safetensors"):
@@ -82,6 +84,22 @@ def test_cli_converts_and_prints_a_summary(tmp_path, capsys):
     assert main(["teacher", "convert-mclip", str(src), "--out", str(tmp_path / "out")]) == 0
     assert json.loads(capsys.readouterr().out)["embed_dim"] == NUM_DIMS
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [], "no temporary left behind"
+
+
+def test_an_older_export_with_position_ids_and_no_pooler_converts(tmp_path):
+    position_ids = {"transformer.embeddings.position_ids": torch.arange(18)[None]}  # saved by transformers 4.x
+    pooler = ("transformer.pooler.dense.weight", "transformer.pooler.dense.bias")  # unused by mean pooling
+    src = write_published(tmp_path, extra=position_ids, drop=pooler)
+    convert_mclip(src, tmp_path / "mclip")
+    torch.save(openclip_model("test-vit", 1).state_dict(), tmp_path / "vit.pt")
+    teacher = load_teacher(f"openclip:{tmp_path / 'vit.pt'}#test-vit", text_spec=f"mclip:{tmp_path / 'mclip'}")
+    torch.testing.assert_close(teacher.encode_text(TEXTS), published_embeddings(src, TEXTS), atol=1e-5, rtol=1e-5)
+
+
+def test_an_encoder_key_of_another_architecture_is_named(tmp_path):
+    src = write_published(tmp_path, extra={"transformer.encoder.layer.9.attention.self.query.weight": torch.zeros(2)})
+    with pytest.raises(MClipConvertError, match=r"unexpected \['transformer\.encoder\.layer\.9\.attention"):
+        convert_mclip(src, tmp_path / "out")
 
 
 def test_a_missing_projection_names_the_file_and_the_key(tmp_path):
