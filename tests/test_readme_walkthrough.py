@@ -55,8 +55,8 @@ SUBSTITUTIONS = {
     "--nproc_per_node=8": f"--nproc_per_node={NPROC}",  # two gloo ranks on the CPU
 }
 
-# Appended to the teacher / training / export commands: the random real-size teacher, the shrunk M-CLIP, a few small
-# steps, one timed batch.
+# Appended to the teacher / training / export commands: the real-size random teachers (ViT-B/32 and the M-CLIP
+# directory this test writes), a few small fp32 steps, one timed batch.
 EXTRA_ARGS = {
     "cache-teacher": [
         "teacher.spec=openclip:ViT-B-32@random",
