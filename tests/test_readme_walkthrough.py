@@ -7,7 +7,7 @@ test cannot have (the hub, real weights, 8 GPUs, the network) is stood in for by
 - ``SKIP``: img2dataset (network); its output layout is generated instead. Any other unknown program fails the test.
 - ``SUBSTITUTIONS``: README text replaced (each entry must still match the README): the Marian model directory, the
   eval set, ``--nproc_per_node=8`` -> 2 (gloo on the CPU).
-- ``EXTRA_ARGS``: appended per command: the real-size random teacher, the shrunk M-CLIP, 2 steps of batch 4, fp32,
+- ``EXTRA_ARGS``: appended per command: the real-size random teachers (ViT-B/32, M-CLIP), 2 steps of batch 4, fp32,
   one timed batch for ``export --precision auto``.
 - Plumbing only: ``python -m dcclip`` / ``python -m torch.distributed.run --master_port=FREE`` for the two programs,
   ``serve`` gets ``--host 127.0.0.1 --port FREE``, and every cache and temporary directory points under ``tmp_path``.
