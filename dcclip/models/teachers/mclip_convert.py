@@ -25,11 +25,16 @@ from dcclip.models.teachers.mclip import MCLIP_CONFIG, MCLIP_PROJECTION
 log = logging.getLogger(__name__)
 
 PUBLISHED_FIELDS = ("modelBase", "transformerDimensions", "numDims")
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 ENCODER_PREFIX = "transformer."
 PROJECTION_PREFIX = "LinearTransformation."
 UNUSED_KEYS = ("embeddings.position_ids",)  # a buffer older transformers saved; rebuilt by the model itself
 UNUSED_MISSING = ("pooler.",)  # the pooler is not used by mean pooling; some exports leave it out
+
+
+def hf_weight_files() -> tuple[str, ...]:
+    """The weight file names a Hugging Face checkpoint uses (safetensors first), as transformers names them."""
+    names = require("transformers.utils")
+    return names.SAFE_WEIGHTS_NAME, names.WEIGHTS_NAME
 
 
 class MClipConvertError(TeacherLoadError):
@@ -74,11 +79,12 @@ def read_published_config(src: Path) -> dict[str, Any]:
 
 def read_weights(src: Path) -> tuple[Path, dict[str, Tensor]]:
     """The state dict from ``model.safetensors`` or ``pytorch_model.bin`` (plain tensors only), and its file."""
-    for name in WEIGHT_FILES:
+    weight_files = hf_weight_files()
+    for name in weight_files:
         path = src / name
         if path.is_file():
             return path, _load_state(path)
-    raise MClipConvertError(f"{src}: no weights ({' or '.join(WEIGHT_FILES)})")
+    raise MClipConvertError(f"{src}: no weights ({' or '.join(weight_files)})")
 
 
 def _load_state(path: Path) -> dict[str, Tensor]:
