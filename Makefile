@@ -22,9 +22,10 @@ lint: $(STAMP)
 test: lint
 	$(VENV)/bin/pytest -q --durations=10
 
-# The edit-test loop: everything not marked slow; `make test` stays the full suite CI runs.
+# The edit-test loop: everything not marked slow, one xdist worker per core with one torch thread each (a test module
+# stays on one worker, so its fixtures are built once); `make test` stays the full suite CI runs, in one process.
 test-fast: $(STAMP)
-	$(VENV)/bin/pytest -q -m "not slow" --durations=10
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -m "not slow" -n auto --dist loadfile --durations=10
 
 # The web page in a real headless Chromium against a real `dcclip serve` on loopback. Debian's chromium and
 # chromium-driver come from apt when missing (plus fonts for every built-in script); selenium drives them by path, so
