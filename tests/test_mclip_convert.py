@@ -138,3 +138,10 @@ def test_a_projection_of_the_wrong_shape_is_refused(tmp_path):
     (src / "config.json").write_text(json.dumps({**config, "numDims": 7}))
     with pytest.raises(MClipConvertError, match=r"'LinearTransformation\.weight' is \(32, 32\).*\[7, 32\]"):
         convert_mclip(src, tmp_path / "out")
+
+
+def test_a_missing_mclip_directory_names_the_converter_and_the_dry_run_override():
+    from dcclip.models.teacher_spec import TeacherSpecError, parse_teacher_spec
+
+    with pytest.raises(TeacherSpecError, match=r"/no/such/mclip does not exist.*convert-mclip.*teacher\.text_spec="):
+        parse_teacher_spec("mclip:/no/such/mclip")

@@ -120,6 +120,9 @@ def _parse_hf_like(spec: str, backend: str, body: str) -> TeacherSpec:
     if hub and HUB_ID_RE.match(body) and not body.startswith("."):
         return TeacherSpec(backend, body, "", "hub", spec)
     hint = "" if hub else f" ({backend} teachers load from a local directory: download it first)"
+    if backend == "mclip":
+        hint += "; convert a published M-CLIP checkpoint with `dcclip teacher convert-mclip`, or set "
+        hint += "teacher.text_spec= for a dry run with the CLIP's own text tower"
     raise TeacherSpecError(f"teacher spec {spec!r}: directory {path} does not exist{hint}")
 
 
