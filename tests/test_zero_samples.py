@@ -205,3 +205,25 @@ def test_a_decoder_message_naming_a_buffer_address_is_warned_once():
 
     reason = "cannot identify image file <_io.BytesIO object at 0x{}>"
     assert skip_kind("k001", reason.format("7f01")) == skip_kind("k002", reason.format("7f02")) == reason[:26]
+
+
+def test_tokenizer_train_with_no_caption_in_the_asked_languages_names_the_shards(tmp_path, capsys):
+    shards = write_shard_set(tmp_path / "set", n=4, per_shard=4)
+    code = main(
+        [
+            "tokenizer",
+            "train",
+            "--shards",
+            str(shards),
+            "--langs",
+            "xx",
+            "--vocab-size",
+            "400",
+            "--out",
+            str(tmp_path / "tok"),
+        ]
+    )
+    assert code == INPUT_EXIT
+    err = capsys.readouterr().err
+    assert str(shards) in err and "no caption to train on" in err and "shards validate" in err
+    assert not (tmp_path / "tok").exists()

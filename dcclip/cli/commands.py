@@ -94,13 +94,21 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from dcclip.models.tokenizers import train_tokenizer
 
     captions = iter_captions(args.shards, _split_list(args.langs), _caption_format(args))
-    path = train_tokenizer(
-        itertools.islice(captions, args.max_samples) if args.max_samples else captions,
-        args.vocab_size,
-        Path(args.out),
-        args.algorithm,
-        split_han=not args.keep_han_words,
-    )
+    try:
+        path = train_tokenizer(
+            itertools.islice(captions, args.max_samples) if args.max_samples else captions,
+            args.vocab_size,
+            Path(args.out),
+            args.algorithm,
+            split_han=not args.keep_han_words,
+        )
+    except ValueError as exc:
+        if "no texts" not in str(exc):
+            raise
+        raise ValueError(
+            f"{args.shards}: no caption to train on (every sample's captions unreadable, blank or not in --langs); "
+            f"`dcclip shards validate --shards {args.shards}` says which samples are bad"
+        ) from exc
     print(f"tokenizer written to {path}")
     return 0
 
