@@ -149,3 +149,16 @@ def test_breakdown_says_which_part_of_a_class_the_models_get_right():
     assert stage2["mean"]["top1_shape"] == pytest.approx((110 + 102 + 96) / N / 3)
     text = breakdown_markdown(breakdown)
     assert "colour right (en · mean)" in text and "| student stage 2 | 55.0% · 51.3% | 90.0% · 90.0% |" in text
+
+
+def test_the_report_says_which_precision_each_stage_trained_in():
+    from dcclip.demo.report import precision_line
+
+    line = precision_line(
+        {
+            "distill": {"precision": "bf16", "reason": "bf16 1.50x fp32's speed"},
+            "align": {"precision": "fp32", "reason": "configured"},
+        }
+    )
+    assert line == "Precision: stage 1 bf16 (bf16 1.50x fp32's speed); stage 2 fp32 (configured).\n"
+    assert precision_line({"distill": None, "align": None}) == ""

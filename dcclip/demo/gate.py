@@ -80,7 +80,10 @@ def gate_settings(out: Path, seed: int = 0, fault: str = "none") -> DemoSettings
     """The gate's reduced demo at ``seed``, writing under ``out``, with a config fault's overrides when it has one."""
     if fault not in FAULTS:
         raise ValueError(f"unknown gate fault {fault!r}; choose one of {', '.join(FAULTS)}")
-    overrides = {"distill": list(FAULT_OVERRIDES.get(fault, [])), "align": []}
+    # fp32 pinned: the demo's `auto` precision depends on how fast bf16 runs at that moment, and the floors were
+    # placed from fp32 runs; a gate result must not depend on the machine's load
+    pinned = ["train.precision=fp32"]
+    overrides = {"distill": [*pinned, *FAULT_OVERRIDES.get(fault, [])], "align": pinned}
     return dataclasses.replace(GATE, out=Path(out), seed=seed, overrides=overrides)
 
 

@@ -22,6 +22,7 @@ TABLE_MODELS = (TEACHER, "student stage 1", "student stage 2", "student ONNX fp3
 HEADLINE_MODELS = ("student stage 1", "student stage 2")
 PIVOT = "en"  # retention is measured against the teacher's English top-1
 MEAN_ROW = "mean"
+STAGE_NAMES = {"distill": "stage 1", "align": "stage 2"}
 TASKS = {  # eval summary key -> (short name, title)
     "zeroshot_shapes": ("colour × shape", "Zero-shot top-1: colour × shape (90 classes)"),
     "zeroshot_digits": ("digits", "Zero-shot top-1: handwritten digits (10 classes)"),
@@ -381,6 +382,7 @@ def write_report(settings: Any, summaries: dict[str, Any], step_seconds: dict[st
         "speed_size": summaries.get("bench"),
         "export": summaries["export"],
         "training": {name: summaries[name].get("final_losses") for name in ("distill", "align")},
+        "precision": {name: summaries[name].get("precision") for name in ("distill", "align")},
         "teacher": summaries["teacher"],
         "bundle": str(p["bundle"]),
         "examples": [str(e) for e in examples],
@@ -548,10 +550,20 @@ def report_markdown(report: dict[str, Any]) -> str:
             speed_markdown(report["speed_size"]),
             f"\n![speed]({report['charts']['speed_size']})\n",
         ]
-    parts += ["## Training\n", f"![losses]({report['charts']['loss_curves']})\n"]
+    parts += [
+        "## Training\n",
+        precision_line(report.get("precision") or {}),
+        f"![losses]({report['charts']['loss_curves']})\n",
+    ]
     seconds = report["seconds"]["steps"]
     parts += ["## Step times (s)\n", " · ".join(f"{k} {v}" for k, v in seconds.items()) + "\n"]
     return "\n".join(parts)
+
+
+def precision_line(choices: dict[str, dict[str, Any] | None]) -> str:
+    """Which number format each stage trained in and why (``train.precision=auto`` measures it per machine)."""
+    said = [f"{STAGE_NAMES[stage]} {c['precision']} ({c['reason']})" for stage, c in choices.items() if c]
+    return f"Precision: {'; '.join(said)}.\n" if said else ""
 
 
 def print_summary(report: dict[str, Any]) -> None:

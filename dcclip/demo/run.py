@@ -55,6 +55,9 @@ class DemoSettings:
     full_report: bool = True
     eval_langs: tuple[str, ...] | None = None  # languages of the zero-shot evals (None: all the world has)
     exporter: str = "auto"  # `dcclip export --exporter`; the gate uses TorchScript (2.4x faster, same parity checks)
+    # the student architecture (a registered name or a JSON path), trained at ``image_size`` whatever its own size:
+    # the student family's retention figures come from the demo recipe run on each member
+    student: str = DEMO_STUDENT
     # extra dotted config overrides per stage ({"distill": [...], "align": [...]}), e.g. for ablations
     overrides: dict[str, list[str]] = field(default_factory=dict)
 
@@ -170,14 +173,14 @@ def run_config(s: DemoSettings, name: str, out: Path, steps: int, extra: list[st
 
 
 def student_arch(s: DemoSettings) -> list[str]:
-    """The demo student at ``s.image_size``: the shipped architecture, or a copy of it at another input size."""
+    """The student at ``s.image_size``: the named architecture, or a copy of it at the demo's input size."""
     from dcclip.models.students import load_student_config
 
-    arch, _ = load_student_config(DEMO_STUDENT)
+    arch, _ = load_student_config(s.student)
     if arch["image"]["image_size"] == s.image_size:
-        return []
+        return [] if s.student == DEMO_STUDENT else [f"student.model={s.student}"]
     arch["image"]["image_size"] = s.image_size
-    path = s.paths()["distill"].parent / f"{DEMO_STUDENT}-{s.image_size}px.json"
+    path = s.paths()["distill"].parent / f"{Path(s.student).stem}-{s.image_size}px.json"
     write_json_atomic(path, arch)
     return [f"student.model={path}"]
 
@@ -264,7 +267,8 @@ def build_steps(s: DemoSettings) -> list[Step]:
         Step("tokenizer", "multilingual tokenizer", {"vocab": s.vocab_size}, lambda: step_tokenizer(s),
              [p["tokenizer"]], ["world"]),
         Step("distill", "stage 1: feature distillation",
-             {"steps": s.distill_steps, "extra": s.overrides.get("distill")}, lambda: step_distill(s), [p["distill"]],
+             {"steps": s.distill_steps, "extra": s.overrides.get("distill"),
+              **({"student": s.student} if s.student != DEMO_STUDENT else {})}, lambda: step_distill(s), [p["distill"]],
              ["teacher", "tokenizer"]),
         Step("align", "stage 2: contrastive alignment", {"steps": s.align_steps, "extra": s.overrides.get("align")},
              lambda: step_align(s), [p["align"]], ["distill"]),
