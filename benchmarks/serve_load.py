@@ -1,17 +1,18 @@
 """HTTP serving load: req/s and p50/p99 latency of POST /v1/classify at concurrency 8, server settings side by side.
 
     python benchmarks/serve_load.py [--student mnv4s-text6] [--precision auto|fp32|int8] [--bundle DIR]
-        [--variants ort=1,inf=2 ort=1,inf=2,batch=8,wait=2 ...] [--rounds 2] [--rate 200]
-        [--duration 12] [--concurrency 8] [--client raw|httpx]
+        [--variants default batch=1 ort=0,batch=1 ...] [--rounds 2] [--rate 40]
+        [--duration 12] [--concurrency 8]
 
 Without --bundle, the registered student ``--student`` (random weights, its own image size, embed dim 512 as the real
 teachers give it) is exported to a temporary bundle through ``export_bundle``, the path ``dcclip export`` takes;
 ``--precision auto`` times fp32 and int8 per tower there and the server loads what the manifest recommends.
 
 Every variant is a server started through ``dcclip.serve.serve`` on 127.0.0.1 (a subprocess, killed at the end) with
-the settings its spec names: ``ort`` onnxruntime intra-op threads (or ``default``), ``inf`` requests running the model
+the settings its spec names, every other one at serve's default (the spec ``default``: all of them): ``ort``
+onnxruntime intra-op threads (0: onnxruntime's own choice, every core per session), ``inf`` requests running the model
 at once (ServeLimits.max_concurrent_inference), ``proc`` uvicorn worker processes, ``batch``/``wait`` micro-batching
-of the image tower (images per call, milliseconds of gathering), ``client`` raw or httpx. Variants run in turn,
+of the image tower (images per call, 1: off; milliseconds of gathering), ``client`` raw or httpx. Variants run in turn,
 ``--rounds`` times (alternating, so a neighbour's load on a shared machine falls on all of them), each round a fresh
 server, the same bundle, image and labels: one JPEG and 10 labels per request (label embeddings cached after the
 first call). Load: ``--concurrency`` closed-loop clients for ``--duration`` s (latency = concurrency / throughput
@@ -62,8 +63,9 @@ COLUMNS += ["server_cpu_ms_per_req", "client_cpu_ms_per_req", "parse", "queue", 
 COLUMNS += ["json", "outside", "load_avg_1m"]
 SUMMARY_COLUMNS = ["variant", "load", "rounds", "req_per_s", "p50_ms", "p99_ms", "server_cpu_ms_per_req"]
 SUMMARY_COLUMNS += ["req_per_s_range", "p99_ms_range", "load_avg_1m"]
-VARIANT_KEYS = {"ort": "1", "inf": "default", "proc": "1", "batch": "1", "wait": "0", "client": "raw"}
-DEFAULT_VARIANTS = ["ort=1,inf=2", "ort=1,inf=1", "ort=2,inf=1", "ort=1,inf=2,batch=8,wait=2", "ort=1,inf=2,proc=2"]
+VARIANT_KEYS = {"ort": "default", "inf": "default", "proc": "1", "batch": "default", "wait": "default", "client": "raw"}
+DEFAULT_VARIANTS = ["ort=0,batch=1", "batch=1", "ort=1,inf=1,batch=1", "default", "batch=8,wait=0", "batch=1,proc=2"]
+DEFAULT_VARIANTS += ["batch=1,client=httpx"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -309,7 +311,7 @@ def rss_mb(pid: int) -> float:
 def parse_variant(spec: str) -> dict[str, str]:
     """``ort=1,inf=2,batch=8,wait=2`` -> every setting (unnamed ones at their defaults); unknown keys refused."""
     settings = dict(VARIANT_KEYS)
-    for part in filter(None, spec.split(",")):
+    for part in filter(None, spec.split(",") if spec != "default" else []):
         key, sep, value = part.partition("=")
         if not sep or key not in VARIANT_KEYS:
             raise argparse.ArgumentTypeError(f"variant {spec!r}: {part!r} is not one of {sorted(VARIANT_KEYS)}=VALUE")
@@ -322,14 +324,21 @@ def parse_variant(spec: str) -> dict[str, str]:
 def start_variant(
     bundle: Path, port: int, precision: str | None, settings: dict[str, str], log: Path
 ) -> subprocess.Popen:
-    """``serve(...)`` with the variant's settings and Server-Timing on, in a subprocess bound to 127.0.0.1."""
-    threads = None if settings["ort"] == "default" else int(settings["ort"])
-    limits = "" if settings["inf"] == "default" else f"max_concurrent_inference={int(settings['inf'])}"
+    """``serve(...)`` with the variant's settings (``default``: serve's own) and Server-Timing on, in a subprocess
+    bound to 127.0.0.1; ``ort=0`` is onnxruntime's own thread count (every core per session)."""
+    options = [f"workers={int(settings['proc'])}", f"precision={precision!r}", "server_timing=True"]
+    chosen = {key: value for key, value in settings.items() if value != "default"}
+    if "ort" in chosen:
+        options.append(f"threads={int(chosen['ort'])}")
+    if "inf" in chosen:
+        options.append(f"limits=ServeLimits(max_concurrent_inference={int(chosen['inf'])})")
+    if "batch" in chosen:
+        options.append(f"batch_max={int(chosen['batch'])}")
+    if "wait" in chosen:
+        options.append(f"batch_wait_ms={float(chosen['wait'])}")
     code = (
         "from pathlib import Path; from dcclip.serve import serve, ServeLimits; "
-        f"serve(Path({str(bundle)!r}), host='127.0.0.1', port={port}, workers={int(settings['proc'])}, "
-        f"threads={threads!r}, precision={precision!r}, limits=ServeLimits({limits}), "
-        f"batch_max={int(settings['batch'])}, batch_wait_ms={float(settings['wait'])}, server_timing=True)"
+        f"serve(Path({str(bundle)!r}), host='127.0.0.1', port={port}, {', '.join(options)})"
     )
     with open(log, "wb") as out:
         return subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=subprocess.STDOUT)
@@ -337,7 +346,7 @@ def start_variant(
 
 def start_server(bundle: Path, port: int, threads: int | None, log: Path) -> subprocess.Popen:
     """``serve(bundle, port=port, threads=threads)`` at the defaults otherwise (benchmarks/request_memory.py)."""
-    return start_variant(bundle, port, None, parse_variant(f"ort={threads or 'default'}"), log)
+    return start_variant(bundle, port, None, parse_variant(f"ort={threads or 0}"), log)
 
 
 def wait_ready(url: str, process: subprocess.Popen, log: Path) -> None:

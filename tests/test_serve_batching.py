@@ -215,13 +215,14 @@ def test_served_scores_are_the_same_batched_or_not_and_a_bad_image_fails_alone(b
 
     images = [jpeg_bytes(seed) for seed in range(6)]
     images[3] = b"not an image at all"
-    plain = create_app(bundle, ServeLimits(max_concurrent_inference=1), ui=False)
-    batched = create_app(bundle, ServeLimits(), ui=False, batch_max=4, batch_wait_ms=5, server_timing=True)
+    plain = create_app(bundle, ServeLimits(max_concurrent_inference=1), ui=False, batch_max=1)
+    batched = create_app(bundle, ServeLimits(), ui=False, server_timing=True)  # batching is on by default
     try:
         expected = [classify_all(plain, [image])[0] for image in images]  # one by one
         answers = classify_all(batched, images)
     finally:
         batched.state.service.close()
+    assert plain.state.service.batched is None and batched.state.service.batched is not None
     assert [r.status_code for r in answers] == [200, 200, 200, 415, 200, 200] == [r.status_code for r in expected]
     for got, want in zip(answers, expected, strict=True):
         if want.status_code != 200:

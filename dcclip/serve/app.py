@@ -20,6 +20,7 @@ from PIL import Image
 
 from dcclip import __version__
 from dcclip.runtime.classifier import default_templates
+from dcclip.serve.batching import DEFAULT_BATCH_MAX, DEFAULT_BATCH_WAIT_MS
 from dcclip.serve.errors import ApiError, install_error_handlers
 from dcclip.serve.forms import PartLimits, media_type, parse_classify, read_form, read_images
 from dcclip.serve.limits import ServeLimits, ServeSettings
@@ -98,7 +99,7 @@ async def classify(request: Request) -> JSONResponse:
     timings: dict[str, float] | None = {} if request.app.state.server_timing else None
     parsed = time.perf_counter()
     extra = () if timings is None else (timings,)
-    ranked = await service.run(service.classify, query, *extra, timings=timings)
+    ranked = await service.run(service.classify, query, *extra, timings=timings, images=True)
     ran = time.perf_counter()
     results = [
         {"filename": image.filename, "predictions": [{"label": label, "probability": p} for label, p in rows]}
@@ -133,7 +134,7 @@ async def embed_images(request: Request) -> JSONResponse:
         uploads = await read_images(form, limits)
     finally:
         await form.close()
-    return embeddings_body(await service.run(service.embed_images, uploads))
+    return embeddings_body(await service.run(service.embed_images, uploads, images=True))
 
 
 @router.post(
@@ -215,17 +216,18 @@ def create_app(
     ui: bool = True,
     index: Path | None = None,
     allow_unsealed: bool = False,
-    batch_max: int = 1,
-    batch_wait_ms: float = 0.0,
+    batch_max: int = DEFAULT_BATCH_MAX,
+    batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
     server_timing: bool = False,
 ) -> FastAPI:
-    """Load ``bundle`` (verified) and build the API over it; ``threads`` sets onnxruntime's intra-op threads.
+    """Load ``bundle`` (verified) and build the API over it; ``threads`` sets onnxruntime's intra-op threads (None:
+    the cores divided by ``limits.max_concurrent_inference``, at least 1).
 
     ``ui`` serves the web page at ``/``; ``index`` loads an image index for /v1/search, refused (SearchIndexError)
     when it was built from another bundle; ``allow_unsealed`` loads a format-1/2 manifest that has no seal.
     ``batch_max`` > 1 runs the image tower on up to that many concurrent requests' images at once, gathered for at
-    most ``batch_wait_ms`` after the first; ``server_timing`` adds a Server-Timing header (milliseconds per stage) to
-    /v1/classify answers, for benchmarks/serve_load.py.
+    most ``batch_wait_ms`` after the first and only while other requests are decoding (1: off); ``server_timing``
+    adds a Server-Timing header (milliseconds per stage) to /v1/classify answers, for benchmarks/serve_load.py.
     """
     limits = limits or ServeLimits()
     # Any Image.open in this process (not only ours) now refuses bombs: PIL errors above twice this many pixels.

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dcclip.runtime.errors import MAX_TEXT_CHARS
+from dcclip.serve.batching import DEFAULT_BATCH_MAX, DEFAULT_BATCH_WAIT_MS
 
 __all__ = [
     "ENV_BATCH",
@@ -100,8 +101,8 @@ class ServeSettings:
     ui: bool = True  # the web page at GET / (dcclip serve --no-ui turns it off)
     index: Path | None = None  # an image index for /v1/search (dcclip serve --index)
     allow_unsealed: bool = False  # load a format-1/2 manifest without manifest_sha256 (dcclip serve --allow-unsealed)
-    batch_max: int = 1  # image tower micro-batching: up to this many images per call (1: off)
-    batch_wait_ms: float = 0.0  # ... gathered for at most this long after the first request
+    batch_max: int = DEFAULT_BATCH_MAX  # image tower micro-batching: up to this many images per call (1: off)
+    batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS  # ... gathered for at most this long after the first request
     server_timing: bool = False  # a Server-Timing header on /v1/classify (benchmarks)
 
     def to_env(self) -> dict[str, str]:
@@ -130,7 +131,9 @@ class ServeSettings:
         limits = ServeLimits.from_dict(json.loads(environ[ENV_LIMITS])) if environ.get(ENV_LIMITS) else ServeLimits()
         threads = environ.get(ENV_THREADS)
         index = environ.get(ENV_INDEX)
-        batch_max, batch_wait_ms = _batch_from_env(environ.get(ENV_BATCH) or "1,0")
+        batch_max, batch_wait_ms = _batch_from_env(
+            environ.get(ENV_BATCH) or f"{DEFAULT_BATCH_MAX},{DEFAULT_BATCH_WAIT_MS}"
+        )
         return cls(
             Path(bundle),
             limits,

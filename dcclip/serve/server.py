@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from dcclip.runtime.bundle import verify_bundle
-from dcclip.serve.batching import check_batching
+from dcclip.serve.batching import DEFAULT_BATCH_MAX, DEFAULT_BATCH_WAIT_MS, check_batching
 from dcclip.serve.limits import ServeLimits, ServeSettings
 
 __all__ = ["FACTORY", "serve"]
@@ -34,8 +34,8 @@ def serve(
     index: Path | None = None,
     allow_unsealed: bool = False,
     request_timeout: float = REQUEST_TIMEOUT_S,
-    batch_max: int = 1,
-    batch_wait_ms: float = 0.0,
+    batch_max: int = DEFAULT_BATCH_MAX,
+    batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
     server_timing: bool = False,
 ) -> None:
     """Serve ``bundle`` over HTTP until interrupted; the bundle (and ``index``) are checked before any worker starts.
@@ -48,8 +48,10 @@ def serve(
     keep-alive connections after ``KEEP_ALIVE_S``; beyond ``max_connections`` connections waiting for their request
     the oldest is closed, and beyond ``max_connections`` requests in flight the server answers 503 at once.
 
+    ``threads``: onnxruntime intra-op threads (None: the cores divided by the model runs allowed at once, at least 1).
     ``batch_max`` > 1 micro-batches the image tower across concurrent requests (each waits at most ``batch_wait_ms``
-    for company); ``server_timing`` adds a Server-Timing header to /v1/classify answers (benchmarks/serve_load.py).
+    for company, and only while others decode; 1 turns it off); ``server_timing`` adds a Server-Timing header to
+    /v1/classify answers (benchmarks/serve_load.py).
     """
     import uvicorn
 

@@ -13,6 +13,7 @@ import ctypes
 import functools
 import io
 import json
+import os
 import platform
 import threading
 import time
@@ -28,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dcclip.runtime.classifier import ZeroShotClassifier
 from dcclip.runtime.preprocess import ImageDecodeError, decode_image
-from dcclip.serve.batching import BatchedModel, check_batching
+from dcclip.serve.batching import DEFAULT_BATCH_MAX, DEFAULT_BATCH_WAIT_MS, BatchedModel, check_batching
 from dcclip.serve.errors import ApiError
 from dcclip.serve.forms import ClassifyQuery, ImageUpload
 from dcclip.serve.limits import ServeLimits
@@ -120,10 +121,11 @@ class Service:
         precision: str = "fp32",
         threads: int | None = None,
         allow_unsealed: bool = False,
-        batch_max: int = 1,
-        batch_wait_ms: float = 0.0,
+        batch_max: int = DEFAULT_BATCH_MAX,
+        batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
     ) -> None:
         check_batching(batch_max, batch_wait_ms)
+        threads = default_threads(limits.max_concurrent_inference) if threads is None else threads
         self.bundle = Path(bundle)
         self.limits = limits
         self.precision = precision
@@ -141,8 +143,11 @@ class Service:
             self.batched = BatchedModel(self.classifier.model, batch_max, batch_wait_ms / 1000)
             self.classifier.model = self.batched  # type: ignore[assignment] - same interface, batched embed_pixels
         # batching: requests waiting on the batcher hold a worker thread, so a batch can only fill with that many
-        self.capacity = max(limits.max_concurrent_inference, batch_max)
-        self._limiter: anyio.CapacityLimiter | None = None
+        self.capacities = {
+            False: limits.max_concurrent_inference,
+            True: max(limits.max_concurrent_inference, batch_max),
+        }
+        self._limiters: dict[bool, anyio.CapacityLimiter] = {}
         self._decodes = threading.BoundedSemaphore(limits.max_concurrent_decodes)
 
     @property
@@ -150,15 +155,19 @@ class Service:
         """The loaded bundle's manifest."""
         return self.classifier.model.manifest
 
-    async def run(self, func: Callable[..., T], *args: Any, timings: dict[str, float] | None = None) -> T:
-        """Run ``func(*args)`` in a worker thread, at most ``capacity`` at a time (``max_concurrent_inference``, or
-        ``batch_max`` when batching); ``timings['queue']`` gets the milliseconds it waited for a thread."""
-        if self._limiter is None:  # created lazily: a limiter belongs to the running event loop
-            self._limiter = anyio.CapacityLimiter(self.capacity)
+    async def run(
+        self, func: Callable[..., T], *args: Any, timings: dict[str, float] | None = None, images: bool = False
+    ) -> T:
+        """Run ``func(*args)`` in a worker thread, at most ``max_concurrent_inference`` at a time; work on ``images``
+        (classify, image embeddings) up to ``batch_max`` at a time when batching, so batches can fill (the model
+        itself still runs one batch at a time). ``timings['queue']`` gets the milliseconds it waited for a thread."""
+        batched = images and self.batched is not None
+        if batched not in self._limiters:  # created lazily: a limiter belongs to the running event loop
+            self._limiters[batched] = anyio.CapacityLimiter(self.capacities[batched])
         call = partial(func, *args)
         if timings is not None:
             call = partial(_timed_start, call, timings, time.perf_counter())
-        return await anyio.to_thread.run_sync(call, limiter=self._limiter)
+        return await anyio.to_thread.run_sync(call, limiter=self._limiters[batched])
 
     def close(self) -> None:
         """Stop the micro-batcher thread, if any (the app's shutdown)."""
@@ -235,6 +244,13 @@ class Service:
             if len(text) > self.limits.max_text_chars:
                 message = f"texts[{index}] has {len(text)} characters, over max_text_chars={self.limits.max_text_chars}"
                 raise ApiError("text_too_long", message)
+
+
+def default_threads(concurrent: int) -> int:
+    """onnxruntime intra-op threads when none are given: the cores shared by the model runs allowed at once, at least
+    one. onnxruntime's own default (every core per session) with 2 runs at once on 2 cores cost 9.8 ms of CPU per
+    classify request against 6.5 ms at 1 thread (benchmarks/results/serve_load.md)."""
+    return max(1, (os.cpu_count() or 1) // concurrent)
 
 
 def _timed_start(call: Callable[[], T], timings: dict[str, float], submitted: float) -> T:
