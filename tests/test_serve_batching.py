@@ -216,7 +216,7 @@ def test_served_scores_are_the_same_batched_or_not_and_a_bad_image_fails_alone(b
     images = [jpeg_bytes(seed) for seed in range(6)]
     images[3] = b"not an image at all"
     plain = create_app(bundle, ServeLimits(max_concurrent_inference=1), ui=False, batch_max=1)
-    batched = create_app(bundle, ServeLimits(), ui=False, server_timing=True)  # batching is on by default
+    batched = create_app(bundle, ServeLimits(), ui=False, batch_max=4, server_timing=True)
     try:
         expected = [classify_all(plain, [image])[0] for image in images]  # one by one
         answers = classify_all(batched, images)

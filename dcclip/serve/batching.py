@@ -23,9 +23,10 @@ import numpy as np
 
 __all__ = ["DEFAULT_BATCH_MAX", "DEFAULT_BATCH_WAIT_MS", "BatchedModel", "MicroBatcher", "check_batching"]
 
-# Measured at concurrency 8 on 2 cores (benchmarks/results/serve_load.md): up to 8 images per image-tower call,
-# gathered for at most 2 ms, and only while other requests are decoding; batch_max=1 turns batching off
-DEFAULT_BATCH_MAX = 8
+# Off by default: at concurrency 8 on 2 shared cores (docs/serving.md, benchmarks/results/serve_load.md) batching 8
+# images with a 2 ms bound raised req/s but not p99 and not CPU per request, so it did not win. The wait applies when
+# batch_max > 1 is asked for.
+DEFAULT_BATCH_MAX = 1
 DEFAULT_BATCH_WAIT_MS = 2.0
 MAX_WAIT_MS = 100.0  # a larger bound only adds latency: a batch of 8 at 224 px takes ~20 ms on 2 cores
 
