@@ -15,7 +15,7 @@ test cannot have (the hub, real weights, 8 GPUs, the network) is stood in for by
 Sizes: the image teacher is open_clip ViT-B/32 at its real size with random weights (``@random``), the M-CLIP text
 teacher an XLM-R Large at its real size (24 layers x 1024, a 250,002-row token table, 560M parameters; random
 weights, 2.1 GB written under ``tmp_path`` and removed at the end) with a word-level stand-in tokenizer, and the
-student the shipped ``mnv4s-text6`` at 224 px. Slow: about three minutes on two cores.
+student the shipped ``mnv4s050-text4`` at 224 px. Slow: about three minutes on two cores.
 """
 
 from __future__ import annotations
@@ -284,7 +284,7 @@ def check_outputs(work: Path, answers: dict[str, object]) -> None:
     manifest = json.loads((work / "shards-ml" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["samples"] == SAMPLES and "zh" in json.dumps(manifest)
     config = yaml.safe_load(output_of(answers, "--print-config"))
-    assert config["teacher"]["text_spec"].startswith("mclip:") and config["student"]["model"] == "mnv4s-text6"
+    assert config["teacher"]["text_spec"].startswith("mclip:") and config["student"]["model"] == "mnv4s050-text4"
     assert (work / "tok" / "tokenizer.json").is_file() and (work / "features" / "teacher.json").is_file()
     for stage, out_dir in (("distill", "runs/s1"), ("align", "runs/s2")):
         summary = json.loads(output_of(answers, f"-m dcclip {stage} --config"))  # one JSON document: rank 0 prints

@@ -24,7 +24,15 @@ from dcclip.models.students import (
 )
 from dcclip.runtime.preprocess import Preprocess
 
-SHIPPED = ("test-student", "test-vit-student", "demo-student", "mnv4s-text6", "fastvit-t8-text4")
+SHIPPED = (
+    "test-student",
+    "test-vit-student",
+    "demo-student",
+    "mnv4s-text6",
+    "fastvit-t8-text4",
+    "mnv4s050-text4",
+    "mnv4s035-text3",
+)
 TEACHER = {"embed_dim": 32, "fmap_channels": 24, "fmap_grid": (7, 7), "vocab_size": 1000}
 TINY_TEXT = {"num_layers": 2, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64, "max_length": 16}
 
