@@ -248,8 +248,8 @@ class Service:
 
 def default_threads(concurrent: int) -> int:
     """onnxruntime intra-op threads when none are given: the cores shared by the model runs allowed at once, at least
-    one. onnxruntime's own default (every core per session) with 2 runs at once on 2 cores cost 9.8 ms of CPU per
-    classify request against 6.5 ms at 1 thread (benchmarks/results/serve_load.md)."""
+    one. onnxruntime's own default (every core per session) with 2 runs at once on 2 cores cost 7.0 ms of CPU per
+    classify request against 4.8 ms at 1 thread, and p99 73 ms against 55 ms (benchmarks/results/serve_load.md)."""
     return max(1, (os.cpu_count() or 1) // concurrent)
 
 
