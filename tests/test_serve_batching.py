@@ -250,3 +250,14 @@ def test_batching_settings_travel_to_workers_and_are_refused_early(bundle, monke
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: pytest.fail("uvicorn started"))
     with pytest.raises(ValueError, match="batch_wait_ms"):
         serve(bundle, batch_max=8, batch_wait_ms=-1)
+
+
+def test_onnxruntime_threads_default_to_the_cores_per_model_run(bundle):
+    import os
+
+    from dcclip.serve.service import Service, default_threads
+
+    assert default_threads(2) == max(1, (os.cpu_count() or 1) // 2) and default_threads(10_000) == 1
+    service = Service(bundle, ServeLimits(max_concurrent_inference=2), batch_max=1)
+    assert service.classifier.model.session_options.intra_op_num_threads == default_threads(2)
+    assert Service(bundle, ServeLimits(), threads=3).classifier.model.session_options.intra_op_num_threads == 3
