@@ -64,8 +64,8 @@ COLUMNS += ["json", "outside", "load_avg_1m"]
 SUMMARY_COLUMNS = ["variant", "load", "rounds", "req_per_s", "p50_ms", "p99_ms", "server_cpu_ms_per_req"]
 SUMMARY_COLUMNS += ["req_per_s_range", "p99_ms_range", "load_avg_1m"]
 VARIANT_KEYS = {"ort": "default", "inf": "default", "proc": "1", "batch": "default", "wait": "default", "client": "raw"}
-DEFAULT_VARIANTS = ["ort=0,batch=1", "batch=1", "ort=1,inf=1,batch=1", "default", "batch=8,wait=0", "batch=1,proc=2"]
-DEFAULT_VARIANTS += ["batch=1,client=httpx"]
+DEFAULT_VARIANTS = ["ort=0,batch=1", "default", "batch=8,wait=2", "batch=1,inf=4", "batch=1,proc=2"]
+DEFAULT_VARIANTS += ["batch=1,client=httpx"]  # docs/serving.md's table (there with --rounds 3 --duration 10 --rate 40)
 
 
 # --------------------------------------------------------------------------------------------------------------------
