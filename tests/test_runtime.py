@@ -539,3 +539,18 @@ def test_an_edited_manifest_is_detected_by_its_seal(bundle_copy):
     assert (
         load_bundle_model(bundle_copy).logit_scale == manifest["logit_scale"]
     )  # whitespace and key order do not count
+
+
+def test_preprocessing_is_bit_identical_to_the_reference_formula_and_contiguous():
+    import numpy as np
+    from PIL import Image
+
+    from dcclip.runtime.preprocess import Preprocess
+
+    prep = Preprocess(image_size=32, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    reference = np.asarray(prep.resize(image), dtype=np.uint8).astype(np.float32) / np.float32(255.0)
+    reference = ((reference - np.float32(prep.mean)) / np.float32(prep.std)).transpose(2, 0, 1)
+    out = prep(image)
+    assert out.dtype == np.float32 and out.flags["C_CONTIGUOUS"] and out.shape == (3, 32, 32)
+    assert np.array_equal(out, reference)

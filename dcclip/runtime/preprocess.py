@@ -126,10 +126,13 @@ class Preprocess:
     def __call__(self, image: Image.Image) -> np.ndarray:
         """PIL image (any mode) -> float32 array [3, H, W], normalised."""
         image = self.resize(to_rgb(image))
-        array = np.asarray(image, dtype=np.uint8).astype(np.float32) / np.float32(255.0)
-        mean = np.asarray(self.mean, dtype=np.float32)
-        std = np.asarray(self.std, dtype=np.float32)
-        return ((array - mean) / std).transpose(2, 0, 1).copy()
+        # one float copy, laid out [3, H, W], then the same operations in the same order in place: bit-identical to
+        # ((x / 255 - mean) / std) and several times faster than building a temporary per step (serving's hot path)
+        array = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32, order="C")
+        array /= np.float32(255.0)
+        array -= np.asarray(self.mean, dtype=np.float32)[:, None, None]
+        array /= np.asarray(self.std, dtype=np.float32)[:, None, None]
+        return array
 
     def batch(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Stack preprocessed images into [N, 3, H, W] float32."""
