@@ -148,6 +148,15 @@ def test_serve_defaults_are_serve_own():
             assert getattr(args, name) == param.default, name
 
 
+def test_serve_passes_every_server_option_through(monkeypatch):
+    import dcclip.serve
+
+    seen = {}
+    monkeypatch.setattr(dcclip.serve, "serve", lambda bundle, **kwargs: seen.update(kwargs))
+    assert main(["serve", "--bundle", "b", "--batch-max", "8", "--batch-wait-ms", "3", "--threads", "2"]) == 0
+    assert seen["batch_max"] == 8 and seen["batch_wait_ms"] == 3.0 and seen["threads"] == 2
+
+
 def test_print_config_prints_the_resolved_config(capsys):
     argv = ["distill", "--config", "demo", "--shards", "/x/shards", "--caption-lang", "en", "optim.lr=0.5"]
     assert main([*argv, "--print-config"]) == 0

@@ -387,6 +387,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         precision=args.precision,
         threads=args.threads,
+        batch_max=args.batch_max,
+        batch_wait_ms=args.batch_wait_ms,
         read_timeout=args.read_timeout,
         max_connections=args.max_connections,
         ui=not args.no_ui,

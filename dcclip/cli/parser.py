@@ -375,10 +375,22 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--workers", type=_positive_int, default=default["workers"], help="uvicorn worker processes")
     s.add_argument("--precision", choices=["fp32", "int8"], default=default["precision"], help=PRECISION_HELP)
     s.add_argument(
+        "--batch-max",
+        type=_positive_int,
+        default=default["batch_max"],
+        help="micro-batch the image tower: up to this many concurrent requests' images per call (default 1: off)",
+    )
+    s.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=default["batch_wait_ms"],
+        help="with --batch-max > 1: milliseconds a batch waits for requests still decoding (0-100)",
+    )
+    s.add_argument(
         "--threads",
         type=_positive_int,
         default=default["threads"],
-        help="onnxruntime threads per worker, 1 is best under load (default: onnxruntime's choice)",
+        help="onnxruntime threads per worker (default: cores / concurrent model runs, 1 on 2 cores)",
     )
     s.add_argument(
         "--read-timeout",
