@@ -33,7 +33,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="CPU dry run: tiny models and data, a few steps")
     parser.add_argument("--teacher", default="openclip:ViT-B-32@random")
-    parser.add_argument("--student", default="mnv4s-text6")
+    parser.add_argument("--student", default="mnv4s050-text4")
     parser.add_argument("--samples", type=int, default=4096, help="toy-world images (the loop cycles epochs)")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=512)

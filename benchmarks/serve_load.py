@@ -1,6 +1,6 @@
 """HTTP serving load: req/s and p50/p99 latency of POST /v1/classify at concurrency 8, server settings side by side.
 
-    python benchmarks/serve_load.py [--student mnv4s-text6] [--precision auto|fp32|int8] [--bundle DIR]
+    python benchmarks/serve_load.py [--student mnv4s050-text4] [--precision auto|fp32|int8] [--bundle DIR]
         [--variants default batch=1 ort=0,batch=1 ...] [--rounds 2] [--rate 40]
         [--duration 12] [--concurrency 8]
 
@@ -452,7 +452,7 @@ def bundle_facts(bundle: Path, precision: str | None) -> dict[str, Any]:
 def parse_args() -> argparse.Namespace:
     """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--student", default="mnv4s-text6", help="registered student to export (random weights)")
+    parser.add_argument("--student", default="mnv4s050-text4", help="registered student to export (random weights)")
     parser.add_argument("--precision", choices=["auto", "fp32", "int8"], default="auto", help="export + serve")
     parser.add_argument("--bundle", type=Path, default=None, help="serve this bundle instead of exporting --student")
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, help=f"keys {sorted(VARIANT_KEYS)}")

@@ -1,6 +1,6 @@
 """Stage-1 throughput: online teacher vs cached features vs in-memory tensors, through the real training loop.
 
-    python benchmarks/stage1_throughput.py [--teacher openclip:ViT-B-32@random] [--student mnv4s-text6]
+    python benchmarks/stage1_throughput.py [--teacher openclip:ViT-B-32@random] [--student mnv4s050-text4]
                                            [--samples 640] [--batch-size 32] [--steps 12] [--device cpu]
                                            [--mfu-only] [--repeats 3] [--compile] [--bf16-step]
     python benchmarks/stage1_throughput.py --loader-sweep demo-student --batch-size 128 --samples 768 --steps 12
@@ -138,7 +138,7 @@ def loader_sweep(args: argparse.Namespace, world: Path, tokenizer: Path, tmp: Pa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default="openclip:ViT-B-32@random")
-    parser.add_argument("--student", default="mnv4s-text6")
+    parser.add_argument("--student", default="mnv4s050-text4")
     parser.add_argument("--samples", type=int, default=384)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=9)
