@@ -136,9 +136,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["fp32", "bf16", "auto"] = "fp32"  # auto: timed fp32 vs bf16 (engine/precision.py)
-    # torch intra-op threads: "torch" leaves torch's own setting, "auto" chooses by the machine's free cores
-    # (engine/threads.py), or a positive integer
-    threads: str = "torch"
+    # torch intra-op threads: "auto" (default) chooses by the machine's free cores so a shared machine does not collapse
+    # a step (engine/threads.py; benchmarks/shared_cpu.py), "torch" leaves torch's own setting, or a positive integer
+    threads: str = "auto"
     channels_last: bool = True  # for convolutional students
     log_every: int = 10
     ckpt_every: int = 200
