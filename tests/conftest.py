@@ -6,6 +6,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# train.threads=auto reads the machine's load; an OMP_NUM_THREADS value wins over it (engine/threads.py), so pinning it
+# to torch's own default keeps two runs compared within one test on the same thread count whatever the load
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
 
 from pathlib import Path
 
