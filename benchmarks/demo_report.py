@@ -42,6 +42,8 @@ def how_measured(report: dict[str, Any], here: dict[str, Any]) -> str:
     source = "" if report.get("machine") else " (the machine that gathered this file; the report does not name one)"
     steps = report.get("seconds", {}).get("steps", {})
     took = f"; its steps took {sum(steps.values()):.0f} s in all" if steps else ""
+    chosen = [c["precision"] for c in (report.get("precision") or {}).values() if c]
+    took += f"; trained in {' / '.join(dict.fromkeys(chosen))} (`train.precision=auto`)" if chosen else ""
     return (
         f"How it was measured: `make demo` (`dcclip demo`, seed {s.get('seed', '?')}) on the built-in toy world "
         f"({s.get('train_samples', '?')} training images, {s.get('eval_samples', '?')} per eval set, "
