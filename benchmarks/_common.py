@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import sys
 import time
 from importlib import metadata
@@ -41,3 +42,13 @@ def write_result(name: str, payload: dict[str, Any], table: str, command: str) -
     (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (RESULTS / f"{name}.md").write_text(f"### {name}\n\n`{command}`\n\n{table}\n", encoding="utf-8")
     return RESULTS / f"{name}.json"
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Terminate a helper process (a server, a competing job), killing it if it does not exit within 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)

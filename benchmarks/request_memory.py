@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from _common import markdown_table, write_result
+from _common import markdown_table, stop, write_result
 from PIL import Image
 from serve_load import export_demo_bundle, start_server, wait_ready
 
@@ -109,8 +109,7 @@ def main() -> None:
             post(url, [png(64, 64)])  # warm-up: first inference allocates the session's buffers
             rows = [phase(name, process.pid, url, requests) for name, requests in scenarios()]
         finally:
-            process.terminate()
-            process.wait(timeout=20)
+            stop(process)
     columns = list(rows[0])
     table = markdown_table(rows, columns)
     print(table)

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import markdown_table, write_result
+from _common import markdown_table, stop, write_result
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers.server_process import free_port, wait_healthy
@@ -352,16 +352,6 @@ def start_server(bundle: Path, port: int, threads: int | None, log: Path) -> sub
 def wait_ready(url: str, process: subprocess.Popen, log: Path) -> None:
     """Poll /healthz until it answers (bounded in time), failing fast if the server died."""
     wait_healthy(url, process, log, STARTUP_SECONDS, interval=0.2)
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Terminate the server, killing it if it does not exit within 10 s."""
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
 
 
 def over_http(bundle: Path, image: bytes, spec: str, args: argparse.Namespace, log: Path) -> list[dict[str, Any]]:

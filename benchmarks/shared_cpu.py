@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import markdown_table, write_result
+from _common import markdown_table, stop, write_result
 
 COMPETITORS = {
     "spin": "import time\nend = time.time() + {limit}\nwhile time.time() < end:\n    pass\n",
@@ -73,15 +73,6 @@ def start_competitor(kind: str, limit_s: float) -> subprocess.Popen:
     """A CPU-bound process that stops by itself after ``limit_s`` seconds (and is killed by us before that)."""
     code = COMPETITORS[kind].format(limit=limit_s, threads=1)
     return subprocess.Popen([sys.executable, "-c", code])
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
