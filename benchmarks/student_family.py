@@ -41,6 +41,8 @@ EVAL_SETS = ("zeroshot_shapes", "zeroshot_digits")
 DEPLOYED = "student ONNX int8"
 SHORT_SETS = ("shapes", "digits")
 STAGES = ("distill", "align")
+TOWERS = ("image", "text")
+PRECISIONS = ("fp32", "int8")
 RETENTION_NOTE = (
     "shapes / digits: the int8 bundle's weakest language, its retention of the teacher's English top-1 with a 95% "
     "interval (each student trained by the demo recipe at 48 px on the toy world)."
@@ -55,13 +57,12 @@ RECIPE_OVERRIDES = ("optim.lr=3e-3", "train.precision=auto")
 
 
 def session(path: Path, threads: int) -> Any:
-    """An onnxruntime CPU session with fixed thread counts (the same for teacher and students)."""
+    """An onnxruntime CPU session with the runtime's options at fixed threads (the same for teacher and students)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    from dcclip.runtime.bundle import make_session_options
+
+    return ort.InferenceSession(str(path), make_session_options(threads, 1), providers=["CPUExecutionProvider"])
 
 
 def tower_inputs(tower: str, batch: int, size: int, length: int) -> dict[str, np.ndarray]:
@@ -104,26 +105,26 @@ def speed_rows(names: list[str], batches: list[int], threads: int, rounds: int, 
     for name in [TEACHER, *names]:
         parts = towers(name)
         files = export_towers(name, parts, tmp / Path(name).stem.replace(" ", "_"))
-        models[name] = {"files": files, "size": parts["size"], "length": parts["length"]}
-        models[name]["mb"] = {f"{t}_{p}": files[f"{t}_{p}"].stat().st_size / 1e6
-                              for t in ("image", "text") for p in ("fp32", "int8")}  # fmt: skip
-        for p in ("fp32", "int8"):
-            models[name]["mb"][p] = models[name]["mb"][f"image_{p}"] + models[name]["mb"][f"text_{p}"]
+        mb = {f"{t}_mb_{p}": files[f"{t}_{p}"].stat().st_size / 1e6 for t in TOWERS for p in PRECISIONS}
+        mb |= {f"mb_{p}": mb[f"image_mb_{p}"] + mb[f"text_mb_{p}"] for p in PRECISIONS}
+        params = {} if name == TEACHER else parameters(name)
+        models[name] = {"files": files, "size": parts["size"], "length": parts["length"], "mb": mb, "params": params}
+    teacher_mb = models[TEACHER]["mb"]["mb_fp32"]
     rows = []
     for batch in batches:
         ms = time_towers(models, batch, threads, rounds if batch == 1 else max(5, rounds // 8))
         for name in names:
-            row = {"student": name, "batch": batch, "image_size": models[name]["size"], **parameters(name)}
-            row |= {f"mb_{p}": models[name]["mb"][p] for p in ("fp32", "int8")}
-            row |= {f"{t}_mb_{p}": models[name]["mb"][f"{t}_{p}"] for t in ("image", "text") for p in ("fp32", "int8")}
+            model = models[name]
+            row = {"student": name, "batch": batch, "image_size": model["size"], **model["params"], **model["mb"]}
+            row["teacher_mb"] = teacher_mb
             for tower in ("image", "text"):
                 teacher_ms = ms[TEACHER, "fp32", tower]
                 row[f"{tower}_ms_teacher"] = teacher_ms
                 for precision in ("fp32", "int8"):
                     row[f"{tower}_ms_{precision}"] = ms[name, precision, tower]
                     row[f"{tower}_x_{precision}"] = teacher_ms / ms[name, precision, tower]
-            row["smaller_x_int8"] = models[TEACHER]["mb"]["fp32"] / row["mb_int8"]
-            row["smaller_x_fp32"] = models[TEACHER]["mb"]["fp32"] / row["mb_fp32"]
+            row["smaller_x_int8"] = teacher_mb / row["mb_int8"]
+            row["smaller_x_fp32"] = teacher_mb / row["mb_fp32"]
             rows.append(row)
     return rows
 
@@ -193,8 +194,7 @@ def verdict(rows: list[dict[str, Any]], kept: dict[str, Any]) -> dict[str, dict[
         mine = [r for r in rows if r["student"] == name]
         ships = shipped_precisions(rows, name)
         figures = {tower: min(r[f"{tower}_x_{ships[tower]}"] for r in mine) for tower in ("image", "text")}
-        teacher_mb = mine[0]["mb_fp32"] * mine[0]["smaller_x_fp32"]
-        figures["size"] = teacher_mb / sum(mine[0][f"{t}_mb_{ships[t]}"] for t in ("image", "text"))
+        figures["size"] = mine[0]["teacher_mb"] / sum(mine[0][f"{t}_mb_{ships[t]}"] for t in ("image", "text"))
         if kept.get(name):
             figures["retention"] = min(v["min"] for k, v in kept[name].items() if k.endswith("_int8"))
         out[name] = {"ships": ships, "figures": figures, "meets": {k: v >= TARGETS[k] for k, v in figures.items()}}
