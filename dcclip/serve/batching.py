@@ -23,9 +23,8 @@ import numpy as np
 
 __all__ = ["DEFAULT_BATCH_MAX", "DEFAULT_BATCH_WAIT_MS", "BatchedModel", "MicroBatcher", "check_batching"]
 
-# Off by default: at concurrency 8 on 2 shared cores (docs/serving.md, benchmarks/results/serve_load.md) batching 8
-# images with a 2 ms bound raised the median req/s (251 against 204) but p99 was worse in 2 of 3 alternating rounds
-# and so was CPU per request, so it did not win. The wait applies when batch_max > 1 is asked for.
+# Off by default: it did not beat unbatched serving in the side-by-side serve_load runs (docs/serving.md has the
+# figures). The wait applies when batch_max > 1 is asked for.
 DEFAULT_BATCH_MAX = 1
 DEFAULT_BATCH_WAIT_MS = 2.0
 MAX_WAIT_MS = 100.0  # a larger bound only adds latency: a batch of 8 at 224 px takes ~20 ms on 2 cores
